@@ -1,0 +1,48 @@
+"""Small value types passed between stages: face landmarks and one driving frame."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class FaceLandmarks:
+    """Landmarks of one face, in pixels of the image they were found in.
+
+    `points` is (N, 2) float32 x,y; with MediaPipe Face Mesh refined N = 478 (468 mesh + 10 iris).
+    """
+
+    points: np.ndarray
+    confidence: float
+    image_size: tuple[int, int]  # (width, height) of the image the points live in
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """Tight box (x0, y0, x1, y1) around the points."""
+        x0, y0 = self.points.min(axis=0)
+        x1, y1 = self.points.max(axis=0)
+        return float(x0), float(y0), float(x1), float(y1)
+
+    def transformed(self, matrix: np.ndarray, image_size: tuple[int, int]) -> "FaceLandmarks":
+        """The same landmarks mapped by a 2x3 affine `matrix` into an image of `image_size`."""
+        m = np.asarray(matrix, dtype=np.float32)
+        pts = self.points @ m[:, :2].T + m[:, 2]
+        return FaceLandmarks(pts.astype(np.float32), self.confidence, image_size)
+
+
+@dataclass
+class DrivingFrame:
+    """What an engine needs of one webcam frame.
+
+    crop_bgr: square BGR uint8 crop of the camera frame around the driving face (engine size).
+    landmarks: the driving face's landmarks in crop pixels, or None when no face was found.
+    timestamp: capture time, `time.perf_counter()` seconds, taken when the frame was read.
+    motion_scale: 1 = full motion relative to the neutral; 0 = the neutral pose (the app eases
+        this toward 0 while the face is lost, so the avatar settles instead of freezing mid-grimace).
+    """
+
+    crop_bgr: np.ndarray
+    landmarks: FaceLandmarks | None
+    timestamp: float
+    motion_scale: float = 1.0

@@ -1,0 +1,1 @@
+"""Animation engines behind one Animator interface: `mesh` (embedded, no weights) and `fomm` (neural)."""
