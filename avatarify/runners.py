@@ -1,0 +1,235 @@
+"""Runners: the FOMM real-time split behind one call signature, on torch, onnxruntime or TensorRT.
+
+All runners take and return numpy float32 RGB NCHW images (1, 3, 256, 256) in [0, 1]:
+- `prepare_source(source)`  once per avatar: caches keypoints, encoder features and dense-motion parts;
+- `set_neutral(neutral)`    once per calibration: neutral keypoints, inverse Jacobians, adapt scale;
+- `animate(driving, s)`     per frame: the prediction with motion strength s (1 = as driven, 0 = source).
+`providers` lists what actually runs (for onnxruntime: `session.get_providers()` of the live session).
+"""
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.fomm.realtime import (FRAME_INPUTS, FRAME_OUTPUTS, FUSED_FRAME_INPUTS, KEYPOINT_OUTPUTS,
+                                  SOURCE_OUTPUTS, FusedFrameNet, KeypointNet, SourceNet, calibrate)
+
+log = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+
+
+class RunnerError(RuntimeError):
+    """A runner cannot start or was used out of order; the message is one sentence."""
+
+
+class FommRunner(ABC):
+    """Holds the per-avatar and per-calibration state; subclasses run the three graphs."""
+
+    name = "base"
+
+    def __init__(self, adapt_scale: bool = True) -> None:
+        self.adapt_scale = adapt_scale
+        self.providers: list[str] = []
+        self._source: Arrays | None = None
+        self._calibration: Arrays | None = None
+
+    @abstractmethod
+    def _keypoints(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """image → (value (1, 10, 2), jacobian (1, 10, 2, 2))."""
+
+    @abstractmethod
+    def _source_outputs(self, image: np.ndarray) -> Arrays:
+        """source image → {name: array} for SOURCE_OUTPUTS."""
+
+    @abstractmethod
+    def _frame(self, feeds: Arrays) -> np.ndarray:
+        """FUSED_FRAME_INPUTS feeds → prediction (1, 3, 256, 256)."""
+
+    def prepare_source(self, source: np.ndarray) -> None:
+        self._source = self._source_outputs(np.ascontiguousarray(source, dtype=np.float32))
+        self._calibration = None
+
+    def set_neutral(self, neutral: np.ndarray) -> None:
+        if self._source is None:
+            raise RunnerError("set_neutral needs an avatar first; call prepare_source.")
+        value, jacobian = self._keypoints(np.ascontiguousarray(neutral, dtype=np.float32))
+        cal = calibrate(torch.from_numpy(self._source["source_value"]), torch.from_numpy(value),
+                        torch.from_numpy(jacobian), adapt_scale=self.adapt_scale)
+        self._calibration = {"neutral_value": cal.neutral_value.numpy(),
+                             "neutral_jacobian_inv": cal.neutral_jacobian_inv.numpy(),
+                             "adapt_scale": cal.adapt_scale.numpy()}
+
+    def animate(self, driving: np.ndarray, strength: float = 1.0) -> np.ndarray:
+        if self._source is None or self._calibration is None:
+            raise RunnerError("animate needs an avatar and a neutral pose; call prepare_source and set_neutral.")
+        feeds = {"driving_image": np.ascontiguousarray(driving, dtype=np.float32), **self._source,
+                 **self._calibration, "strength": np.array([strength], dtype=np.float32)}
+        return self._frame(feeds)
+
+
+class TorchRunner(FommRunner):
+    """Eager torch on cpu or cuda; fp16 uses autocast on cuda (ignored on cpu)."""
+
+    name = "torch"
+
+    def __init__(self, kp_detector: torch.nn.Module, generator: torch.nn.Module, device: str = "cpu",
+                 fp16: bool = False, adapt_scale: bool = True) -> None:
+        super().__init__(adapt_scale)
+        self.device = torch.device(device)
+        self.fp16 = fp16 and self.device.type == "cuda"
+        kp_detector, generator = kp_detector.to(self.device).eval(), generator.to(self.device).eval()
+        self.keypoint_net = KeypointNet(kp_detector)
+        self.source_net = SourceNet(kp_detector, generator).to(self.device)
+        self.frame_net = FusedFrameNet(kp_detector, generator).to(self.device)
+        self.providers = [f"torch-{self.device.type}" + ("-fp16" if self.fp16 else "")]
+        self._on_device: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        """Device copy; the cached avatar/neutral arrays are uploaded once, not every frame."""
+        hit = self._on_device.get(id(array))
+        if hit is not None and hit[0] is array:
+            return hit[1]
+        tensor = torch.from_numpy(array).to(self.device)
+        cached = [*(self._source or {}).values(), *(self._calibration or {}).values()]
+        if any(array is c for c in cached):
+            if len(self._on_device) > 2 * len(cached):  # drop entries of replaced avatars/neutrals
+                self._on_device.clear()
+            self._on_device[id(array)] = (array, tensor)
+        return tensor
+
+    def _run(self, module: torch.nn.Module, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        tensors = [self._tensor(a) for a in arrays]
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+            out = module(*tensors)
+        out = out if isinstance(out, tuple) else (out,)
+        return tuple(t.float().cpu().numpy() for t in out)
+
+    def _keypoints(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._run(self.keypoint_net, image)
+
+    def _source_outputs(self, image: np.ndarray) -> Arrays:
+        return dict(zip(SOURCE_OUTPUTS, self._run(self.source_net, image)))
+
+    def _frame(self, feeds: Arrays) -> np.ndarray:
+        return self._run(self.frame_net, *(feeds[name] for name in FUSED_FRAME_INPUTS))[0]
+
+
+def onnxruntime_providers(device: str = "auto", tensorrt_cache: Path | None = None,
+                          fp16: bool = False) -> list:
+    """Providers in preference order TensorRT → CUDA → CPU among those this onnxruntime build has."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()  # what the build offers; what runs is asked later
+    chosen: list = []
+    if device in ("auto", "cuda"):
+        if "TensorrtExecutionProvider" in available and tensorrt_cache is not None:
+            tensorrt_cache.mkdir(parents=True, exist_ok=True)
+            chosen.append(("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
+                                                         "trt_engine_cache_path": str(tensorrt_cache),
+                                                         "trt_fp16_enable": fp16}))
+        if "CUDAExecutionProvider" in available:
+            chosen.append("CUDAExecutionProvider")
+    chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OnnxRuntimeRunner(FommRunner):
+    """onnxruntime sessions over the graphs written by `python -m export`.
+
+    `fused=True` runs fomm_frame.onnx (keypoint detector inside); `fused=False` runs
+    fomm_keypoints.onnx then fomm_frame_kp.onnx on each frame.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_dir: str | Path, device: str = "auto", fp16: bool = False, threads: int = 2,
+                 fused: bool = True, adapt_scale: bool = True) -> None:
+        super().__init__(adapt_scale)
+        import onnxruntime as ort
+
+        onnx_dir = Path(onnx_dir)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        # Three sessions share few cores: idle pools spinning would steal them from the running one.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = onnxruntime_providers(device, onnx_dir / "trt_cache", fp16)
+
+        def session(filename: str) -> "ort.InferenceSession":
+            path = onnx_dir / filename
+            if not path.is_file():
+                raise RunnerError(f"{path} is missing; run `python -m export --checkpoint CKPT --out {onnx_dir}`.")
+            return ort.InferenceSession(str(path), options, providers=providers)
+
+        self.fused = fused
+        self.keypoint_session = session("fomm_keypoints.onnx")
+        self.source_session = session("fomm_source.onnx")
+        self.frame_session = session("fomm_frame.onnx" if fused else "fomm_frame_kp.onnx")
+        self.providers = self.frame_session.get_providers()  # what actually runs, not what exists
+        log.info("onnxruntime providers in use: %s", self.providers)
+
+    def _keypoints(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(self.keypoint_session.run(list(KEYPOINT_OUTPUTS), {"image": image}))
+
+    def _source_outputs(self, image: np.ndarray) -> Arrays:
+        return dict(zip(SOURCE_OUTPUTS, self.source_session.run(list(SOURCE_OUTPUTS), {"source_image": image})))
+
+    def _frame(self, feeds: Arrays) -> np.ndarray:
+        if not self.fused:
+            value, jacobian = self._keypoints(feeds.pop("driving_image"))
+            feeds = {"driving_value": value, "driving_jacobian": jacobian, **feeds}
+        names = FUSED_FRAME_INPUTS if self.fused else FRAME_INPUTS
+        return self.frame_session.run(list(FRAME_OUTPUTS), {n: feeds[n] for n in names})[0]
+
+
+class TensorRTRunner(FommRunner):
+    """Serialized TensorRT engines (from `python -m export --tensorrt`), I/O through torch CUDA tensors."""
+
+    name = "tensorrt"
+
+    def __init__(self, engines: dict[str, str | Path], adapt_scale: bool = True) -> None:
+        super().__init__(adapt_scale)
+        from export.tensorrt_build import import_tensorrt
+
+        trt = import_tensorrt()
+        if not torch.cuda.is_available():
+            raise RunnerError("The TensorRT backend needs a CUDA GPU; use --backend onnxruntime or torch.")
+        self._trt = trt
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engines = {}
+        for name in ("fomm_keypoints", "fomm_source", "fomm_frame"):
+            engine = runtime.deserialize_cuda_engine(Path(engines[name]).read_bytes())
+            self._engines[name] = (engine, engine.create_execution_context())
+        self._stream = torch.cuda.Stream()
+        self.providers = [f"tensorrt-{trt.__version__}"]
+
+    def _execute(self, name: str, feeds: Arrays, outputs: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+        engine, context = self._engines[name]
+        keep = []  # device tensors must outlive the launch
+        for input_name, array in feeds.items():
+            tensor = torch.from_numpy(np.ascontiguousarray(array)).cuda()
+            keep.append(tensor)
+            context.set_tensor_address(input_name, tensor.data_ptr())
+        results = []
+        for output_name in outputs:
+            shape = tuple(engine.get_tensor_shape(output_name))
+            tensor = torch.empty(shape, dtype=torch.float32, device="cuda")
+            results.append(tensor)
+            context.set_tensor_address(output_name, tensor.data_ptr())
+        context.execute_async_v3(self._stream.cuda_stream)
+        self._stream.synchronize()
+        return tuple(t.cpu().numpy() for t in results)
+
+    def _keypoints(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._execute("fomm_keypoints", {"image": image}, KEYPOINT_OUTPUTS)
+
+    def _source_outputs(self, image: np.ndarray) -> Arrays:
+        return dict(zip(SOURCE_OUTPUTS, self._execute("fomm_source", {"source_image": image}, SOURCE_OUTPUTS)))
+
+    def _frame(self, feeds: Arrays) -> np.ndarray:
+        return self._execute("fomm_frame", {n: feeds[n] for n in FUSED_FRAME_INPUTS}, FRAME_OUTPUTS)[0]

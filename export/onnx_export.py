@@ -1,0 +1,210 @@
+"""Export the FOMM real-time split to ONNX and check every graph against torch.
+
+Input: an official checkpoint (vox-cpk.pth.tar / vox-adv-cpk.pth.tar). Output, in `out_dir`:
+- `fomm_keypoints.onnx`  image → (kp_value, kp_jacobian)                     (avatar + calibration)
+- `fomm_source.onnx`     source image → SOURCE_OUTPUTS                         (once per avatar)
+- `fomm_frame.onnx`      driving image + cached tensors → prediction         (per frame, kp detector fused)
+- `fomm_frame_kp.onnx`   driving keypoints + cached tensors → prediction     (optional, unfused variant)
+- `manifest.json`        checkpoint sha256, opset, input/output names, parity errors.
+Each graph is single-file, opset 17, static 256×256, and is run on onnxruntime CPU against the torch
+modules on real photos; a max abs difference above 1e-4 raises ExportError.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from models.fomm.checkpoint import load_fomm
+from models.fomm.realtime import (FRAME_INPUTS, FRAME_OUTPUTS, FUSED_FRAME_INPUTS, KEYPOINT_OUTPUTS,
+                                  SOURCE_OUTPUTS, FrameNet, FusedFrameNet, KeypointNet, SourceNet, calibrate)
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+IMAGE_SIZE = 256
+
+
+class ExportError(RuntimeError):
+    """Export failed (unwritable folder, parity failure); the message is one sentence."""
+
+
+@dataclass
+class GraphSpec:
+    """One ONNX graph to write: the torch module, its example inputs and its I/O names."""
+
+    filename: str
+    module: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+
+@dataclass
+class ExportResult:
+    """Paths written by `export_fomm` and the parity error measured for each graph."""
+
+    out_dir: Path
+    checkpoint_sha256: str
+    graphs: dict[str, Path] = field(default_factory=dict)
+    parity: dict[str, float] = field(default_factory=dict)
+    engines: dict[str, Path] = field(default_factory=dict)
+
+    def manifest(self) -> dict:
+        data = asdict(self)
+        data["out_dir"] = str(self.out_dir)
+        data["graphs"] = {k: p.name for k, p in self.graphs.items()}
+        data["engines"] = {k: p.name for k, p in self.engines.items()}
+        return data
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sample_photos() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two real photos from installed packages as (1, 3, 256, 256) RGB in [0, 1]: source, driving."""
+    import matplotlib.cbook
+    import matplotlib.pyplot as plt
+    import skimage.data
+
+    def to_tensor(image: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.array(image[..., :3], dtype=np.float32) / 255).permute(2, 0, 1)[None]
+        return nn.functional.interpolate(tensor, size=(IMAGE_SIZE, IMAGE_SIZE), mode="area")
+
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
+        hopper = plt.imread(handle, format="jpg")
+    return to_tensor(skimage.data.astronaut()), to_tensor(hopper)
+
+
+@torch.inference_mode()
+def graph_specs(kp_detector: nn.Module, generator: nn.Module, unfused_frame: bool = False) -> list[GraphSpec]:
+    """The graphs of the split with example inputs computed from real photos."""
+    source, driving = sample_photos()
+    keypoints, source_net = KeypointNet(kp_detector), SourceNet(kp_detector, generator)
+    cached = source_net(source)
+    neutral_value, neutral_jacobian = keypoints(source.flip(3))  # a mirrored avatar as the neutral pose
+    calibration = calibrate(cached[0], neutral_value, neutral_jacobian, adapt_scale=True)
+    tail = (*cached, calibration.neutral_value, calibration.neutral_jacobian_inv, calibration.adapt_scale,
+            torch.tensor([0.8]))  # strength ≠ 1 so the blend is exercised
+    specs = [
+        GraphSpec("fomm_keypoints.onnx", keypoints, (driving,), ("image",), KEYPOINT_OUTPUTS),
+        GraphSpec("fomm_source.onnx", source_net, (source,), ("source_image",), SOURCE_OUTPUTS),
+        GraphSpec("fomm_frame.onnx", FusedFrameNet(kp_detector, generator), (driving, *tail),
+                  FUSED_FRAME_INPUTS, FRAME_OUTPUTS),
+    ]
+    if unfused_frame:
+        specs.append(GraphSpec("fomm_frame_kp.onnx", FrameNet(generator), (*keypoints(driving), *tail),
+                               FRAME_INPUTS, FRAME_OUTPUTS))
+    return specs
+
+
+def export_graph(spec: GraphSpec, path: Path) -> None:
+    # The exporter restores the wrapper's train flag recursively afterwards: a wrapper left in
+    # train mode would switch every BatchNorm to batch statistics.
+    spec.module.eval()
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(spec.module, spec.inputs, str(path), input_names=list(spec.input_names),
+                          output_names=list(spec.output_names), opset_version=OPSET, dynamo=False,
+                          do_constant_folding=True)
+
+
+@torch.inference_mode()
+def check_graph(spec: GraphSpec, path: Path) -> float:
+    """Max abs difference between onnxruntime CPU and torch on the spec's inputs; raises above 1e-4."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {name: tensor.numpy() for name, tensor in zip(spec.input_names, spec.inputs)}
+    got = session.run(list(spec.output_names), feeds)
+    expected = spec.module(*spec.inputs)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    error = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
+    if not error <= PARITY_TOLERANCE:
+        raise ExportError(f"{path.name} differs from torch by {error:.2e} (limit {PARITY_TOLERANCE:.0e}) on "
+                          f"onnxruntime CPU; the export is wrong, please report it.")
+    return error
+
+
+def _writable_dir(out_dir: Path) -> Path:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ExportError(f"Cannot write to output folder {out_dir} ({exc.strerror}); choose another --out.") from None
+    return out_dir
+
+
+def export_fomm(checkpoint: str | Path, out_dir: str | Path, fp16: bool = False, progress: bool = True,
+                tensorrt: bool = False, unfused_frame: bool = False) -> ExportResult:
+    """Export, check and (optionally) build TensorRT engines; returns the written paths.
+
+    Raises CheckpointError for a bad checkpoint and ExportError for export problems. `fp16` only
+    affects TensorRT engines (the ONNX graphs stay fp32; TensorRT converts at build time).
+    """
+    out = _writable_dir(Path(out_dir))
+    # User errors surface before the progress bar starts, so they print as one clean line.
+    kp_detector, generator = load_fomm(checkpoint)
+    result = ExportResult(out_dir=out, checkpoint_sha256=file_sha256(checkpoint))
+    steps = ["prepare inputs", "export + check keypoints", "export + check source",
+             "export + check frame"] + (["export + check frame_kp"] if unfused_frame else [])
+    steps += ["build TensorRT engines"] if tensorrt else []
+    bar = tqdm(total=len(steps), desc="export", unit="step", disable=not progress)
+
+    def step(name: str, work: Callable[[], object]) -> object:
+        bar.set_postfix_str(name)
+        value = work()
+        bar.update(1)
+        return value
+
+    try:
+        specs = step(steps[0], lambda: graph_specs(kp_detector, generator, unfused_frame))
+        for spec in specs:
+            path = out / spec.filename
+            result.parity[spec.filename] = step(f"export + check {spec.filename[5:-5]}",
+                                                lambda: (export_graph(spec, path), check_graph(spec, path))[1])
+            result.graphs[spec.filename[:-5]] = path
+            log.info("%s: max |onnxruntime − torch| = %.2e", spec.filename, result.parity[spec.filename])
+        if tensorrt:
+            from export.tensorrt_build import build_engines
+            result.engines = step(steps[-1], lambda: build_engines(result.graphs, out, fp16=fp16))
+    finally:
+        bar.close()
+    manifest = result.manifest() | {"opset": OPSET, "fp16": fp16,
+                                    "inputs": {s.filename: list(s.input_names) for s in specs},
+                                    "outputs": {s.filename: list(s.output_names) for s in specs}}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return result
+
+
+def cached_export(checkpoint: str | Path, cache_root: str | Path, progress: bool = True,
+                  unfused_frame: bool = True) -> Path:
+    """The export folder for this checkpoint under `cache_root/<sha256[:16]>`, exporting on first use.
+
+    The live app calls this on first run; a manifest with the same checkpoint hash means the
+    graphs are already there and checked.
+    """
+    digest = file_sha256(checkpoint)
+    out = Path(cache_root) / digest[:16]
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        if data.get("checkpoint_sha256") == digest and (not unfused_frame or "fomm_frame_kp" in data["graphs"]):
+            return out
+    export_fomm(checkpoint, out, progress=progress, unfused_frame=unfused_frame)
+    return out

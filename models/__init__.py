@@ -1,0 +1,1 @@
+"""Neural networks used by the avatar engines (torch only; never imports `avatarify`)."""
