@@ -1,0 +1,89 @@
+"""Face landmarks on real photos, and the optional face-alignment backend's clear refusal."""
+from __future__ import annotations
+
+import types
+
+import cv2
+import numpy as np
+import pytest
+
+from avatarify import landmarks as landmarks_module
+from avatarify.landmarks import (NUM_LANDMARKS, FaceMeshDetector, LandmarkBackendError, create_detector,
+                                 face_alignment_problem)
+from avatarify.motion import EYES, FACE_OVAL, INNER_LIPS
+from tests.conftest import load_astronaut_bgr, load_grace_hopper_bgr
+
+
+@pytest.fixture(scope="module")
+def photo_faces():
+    photos = {"astronaut": load_astronaut_bgr(), "grace_hopper": load_grace_hopper_bgr()}
+    with FaceMeshDetector(static=True) as detector:
+        return {name: (image, detector.detect(image)) for name, image in photos.items()}
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "grace_hopper"])
+def test_face_mesh_finds_the_face_with_all_points(photo_faces, photo):
+    image, face = photo_faces[photo]
+    assert face is not None
+    height, width = image.shape[:2]
+    assert face.points.shape == (NUM_LANDMARKS, 2) and face.points.dtype == np.float32
+    assert face.image_size == (width, height)
+    assert face.confidence > 0.95  # the whole face is inside both photos
+    x0, y0, x1, y1 = face.box
+    assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    assert (x1 - x0) > 0.15 * width  # a portrait, not a speck
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "grace_hopper"])
+def test_landmarks_sit_where_a_face_has_them(photo_faces, photo):
+    _, face = photo_faces[photo]
+    p = face.points
+    eyes_y = np.mean([p[list(eye.upper_lid)][:, 1].mean() for eye in EYES])
+    mouth_y = p[list(INNER_LIPS)][:, 1].mean()
+    assert p[10, 1] < eyes_y < p[1, 1] < mouth_y < p[152, 1]  # forehead, eyes, nose tip, mouth, chin
+    left_eye, right_eye = (p[list(eye.upper_lid)][:, 0].mean() for eye in EYES)
+    assert left_eye < p[1, 0] < right_eye  # the nose between the eyes
+    oval = p[list(FACE_OVAL)].reshape(-1, 1, 2)
+    assert all(cv2.pointPolygonTest(oval, tuple(map(float, p[i])), False) >= 0 for i in (1, 13, 159, 386))
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "grace_hopper"])
+def test_irises_are_inside_their_eyes(photo_faces, photo):
+    _, face = photo_faces[photo]
+    for eye in EYES:
+        opening = face.points[list(eye.opening)].reshape(-1, 1, 2)
+        centre = tuple(map(float, face.points[eye.iris_centre]))
+        assert cv2.pointPolygonTest(opening, centre, False) >= 0
+        ring = face.points[list(eye.iris_ring)]
+        radius = np.linalg.norm(ring - face.points[eye.iris_centre], axis=1)
+        eye_width = np.linalg.norm(face.points[eye.corners[0]] - face.points[eye.corners[1]])
+        assert 0.1 * eye_width < radius.mean() < 0.4 * eye_width
+
+
+def test_no_face_gives_none():
+    with FaceMeshDetector(static=True) as detector:
+        assert detector.detect(np.full((240, 320, 3), 127, np.uint8)) is None
+
+
+def test_face_alignment_not_installed_gives_one_clear_sentence():
+    problem = face_alignment_problem()
+    assert problem is not None and "not installed" in problem and "\n" not in problem
+    with pytest.raises(LandmarkBackendError, match="not installed"):
+        create_detector("face_alignment")
+
+
+def test_face_alignment_without_cached_weights_never_downloads(monkeypatch, tmp_path):
+    """Installed but no weights in the torch hub cache: refuse, naming the folder, no download."""
+    monkeypatch.setattr(landmarks_module.importlib.util, "find_spec",
+                        lambda name: types.SimpleNamespace(name=name))
+    monkeypatch.setattr(landmarks_module, "_hub_checkpoints_dir", lambda: tmp_path)
+    problem = face_alignment_problem()
+    assert problem is not None and str(tmp_path) in problem and "never downloads" in problem
+    (tmp_path / "2DFAN4-cd938726ad.zip").write_bytes(b"")
+    (tmp_path / "s3fd-619a316812.pth").write_bytes(b"")
+    assert face_alignment_problem() is None
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(LandmarkBackendError, match="Unknown landmark backend"):
+        create_detector("dlib")

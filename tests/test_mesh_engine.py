@@ -1,0 +1,147 @@
+"""The mesh engine: Animator contract, warp accuracy, identity, mouth cavity, clear errors."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from avatarify.datatypes import DrivingFrame
+from avatarify.engines.base import AnimatorError
+from avatarify.engines.mesh import MeshAnimator
+from avatarify.motion import INNER_LIPS, OUTER_LIPS
+from bench.clips import make_clip, track_landmarks, truth_series
+from bench.mesh_perf import avatar_of, driving_frames, synthetic_target
+
+
+@pytest.fixture(scope="module")
+def avatars():
+    return {(photo, size): avatar_of(photo, size) for photo in ("astronaut", "grace_hopper") for size in (256, 512)}
+
+
+@pytest.fixture(scope="module")
+def mouth_clip():
+    """Grace Hopper opening her mouth (12 frames at 256) and the frame where it is widest."""
+    frames, truth = make_clip("grace_hopper", "mouth", frames=12, size=256)
+    return driving_frames(frames, track_landmarks(frames)), int(np.argmax(truth_series(truth, "mouth_open")))
+
+
+@pytest.fixture(scope="module")
+def mixed_clip():
+    frames, _ = make_clip("grace_hopper", "mixed", frames=8, size=256)
+    return driving_frames(frames, track_landmarks(frames))
+
+
+def engine_for(avatars, photo: str, size: int, neutral: DrivingFrame | None = None) -> MeshAnimator:
+    engine = MeshAnimator(size)
+    engine.set_avatar(*avatars[(photo, size)])
+    if neutral is not None:
+        engine.set_neutral(neutral)
+    return engine
+
+
+@pytest.mark.parametrize("size", [256, 512])
+def test_animate_returns_bgr_frames_of_the_engine_size(avatars, mixed_clip, size):
+    """The driving crop is 256 px; the engine may run at 512 all the same."""
+    engine = engine_for(avatars, "astronaut", size, mixed_clip[0])
+    for driving in mixed_clip:
+        output = engine.animate(driving)
+        assert output.shape == (size, size, 3) and output.dtype == np.uint8
+    avatar_bgr = avatars[("astronaut", size)][0]
+    assert np.abs(output.astype(np.int16) - avatar_bgr).mean() > 1.0  # it did move
+    assert engine.name == "mesh" and engine.backend_info()["backend"] == "numpy"
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "grace_hopper"])
+def test_identity_motion_returns_the_avatar(avatars, photo):
+    avatar_bgr, landmarks = avatars[(photo, 256)]
+    engine = engine_for(avatars, photo, 256, DrivingFrame(avatar_bgr, landmarks, 0.0))
+    output = engine.animate(DrivingFrame(avatar_bgr, landmarks, 0.033))
+    assert np.abs(output.astype(np.float32) - avatar_bgr).mean() <= 1.0  # <= 1/255 on [0, 1]
+
+
+@pytest.mark.parametrize("size", [256, 512])
+@pytest.mark.parametrize("photo", ["astronaut", "grace_hopper"])
+def test_warp_lands_avatar_landmarks_on_their_targets(avatars, photo, size):
+    """The backward map at each target landmark must point back at that landmark on the avatar."""
+    engine = engine_for(avatars, photo, size)
+    error = engine.landing_error(synthetic_target(avatars[(photo, size)][1].points, size))
+    assert np.isfinite(error).mean() > 0.99
+    assert np.nanmax(error) <= 0.5, f"median {np.nanmedian(error):.3f} px"
+
+
+def test_outside_the_face_region_nothing_moves(avatars, mixed_clip):
+    engine = engine_for(avatars, "astronaut", 256, mixed_clip[0])
+    avatar_bgr = avatars[("astronaut", 256)][0]
+    output = engine.animate(mixed_clip[4])
+    rows, cols = engine.roi
+    outside = np.ones(output.shape[:2], bool)
+    outside[rows, cols] = False
+    np.testing.assert_array_equal(output[outside], avatar_bgr[outside])
+    # The ROI's own border rows and columns are fixed mesh points: no seam where the warp stops.
+    inner = output[rows, cols].astype(np.int16) - avatar_bgr[rows, cols]
+    for edge in (inner[0], inner[-1], inner[:, 0], inner[:, -1]):
+        assert np.abs(edge).mean() <= 1.0
+
+
+def test_open_mouth_shows_a_dark_cavity(avatars, mouth_clip):
+    clip, widest = mouth_clip
+    engine = engine_for(avatars, "astronaut", 256, clip[0])
+    for driving in clip[:widest + 1]:
+        output = engine.animate(driving)
+    points = engine.last_target.points
+    gray = cv2.cvtColor(output, cv2.COLOR_BGR2GRAY).astype(np.float32)
+
+    def polygon(indices) -> np.ndarray:
+        mask = np.zeros(gray.shape, np.uint8)
+        cv2.fillPoly(mask, [np.round(points[list(indices)]).astype(np.int32)], 1)
+        return mask
+
+    inner = polygon(INNER_LIPS)
+    cavity = cv2.erode(inner, np.ones((3, 3), np.uint8)).astype(bool)
+    lips = (polygon(OUTER_LIPS) - cv2.dilate(inner, np.ones((3, 3), np.uint8)) > 0)
+    assert cavity.sum() > 50  # the mouth did open
+    assert gray[cavity].mean() < 0.5 * gray[lips].mean()
+
+
+def test_region_and_strength(avatars, mouth_clip):
+    clip, widest = mouth_clip
+    avatar_bgr = avatars[("astronaut", 256)][0]
+    engine = engine_for(avatars, "astronaut", 256, clip[0])
+    engine.region = "pose"
+    engine.animate(clip[widest])
+    assert not np.any(engine.last_target.expression)
+    engine.region = "expression"
+    engine.animate(clip[widest])
+    assert engine.last_target.head.m == 1 and engine.last_target.head.c == 0
+    engine.region, engine.strength = "all", 0.0
+    np.testing.assert_array_equal(engine.animate(clip[widest]), avatar_bgr)
+
+
+def test_motion_scale_zero_settles_to_the_avatar_and_lost_face_repeats(avatars, mixed_clip):
+    avatar_bgr = avatars[("astronaut", 256)][0]
+    engine = engine_for(avatars, "astronaut", 256)
+    assert np.array_equal(engine.animate(DrivingFrame(avatar_bgr, None, 0.0)), avatar_bgr)
+    engine.set_neutral(mixed_clip[0])
+    moved = engine.animate(mixed_clip[4])
+    lost = DrivingFrame(mixed_clip[4].crop_bgr, None, 1.0)
+    np.testing.assert_array_equal(engine.animate(lost), moved)
+    settled = engine.animate(DrivingFrame(mixed_clip[4].crop_bgr, mixed_clip[4].landmarks, 1.1, motion_scale=0.0))
+    np.testing.assert_array_equal(settled, avatar_bgr)
+
+
+def test_avatar_without_a_face_is_one_clear_error():
+    engine = MeshAnimator(256)
+    blank = np.full((256, 256, 3), 127, np.uint8)
+    with pytest.raises(AnimatorError, match=r"^No face found in the avatar image; [^\n]+\.$"):
+        engine.set_avatar(blank, None)
+
+
+def test_bad_avatar_inputs_are_clear_errors(avatars):
+    engine = MeshAnimator(256)
+    avatar_bgr, landmarks = avatars[("astronaut", 256)]
+    with pytest.raises(AnimatorError, match="512x512 px but the engine runs at 256x256"):
+        engine.set_avatar(np.zeros((512, 512, 3), np.uint8), landmarks)
+    with pytest.raises(AnimatorError, match="No avatar is set"):
+        engine.animate(DrivingFrame(avatar_bgr, landmarks, 0.0))
+    with pytest.raises(AnimatorError, match="not supported"):
+        MeshAnimator(300)
