@@ -1,0 +1,430 @@
+"""Quality of an animation engine on synthetic driving clips with known motion.
+
+Input: an engine (MeshAnimator by default, any Animator works) and the clips of bench/clips.py.
+Output: DIR/quality.json (each measure next to its goal and a pass flag, plus per-case details) and
+DIR/quality_sheet.png (driver | avatar | output rows at several time points).
+
+The engine is driven the way the live app drives it: avatar = a neutral face crop with its static-mode
+landmarks; neutral = driving frame 0; then per frame DrivingFrame(crop_bgr=clip frame,
+landmarks=tracking-mode Face Mesh landmarks of that frame, timestamp=index / fps, motion_scale=1).
+What the output shows is re-measured with static-mode Face Mesh: tracking mode feeds each frame's face
+region from the previous landmarks, which wobbles ~0.2 px even on identical frames; static mode gives
+identical landmarks for identical frames, so the instrument adds no jitter of its own.
+
+Measures:
+  l1_self       self-reenactment (avatar = the clip's own neutral frame), mean |output - driver| on
+                [0, 1] over the whole frame, averaged over the 'mixed' clip of each photo
+  mouth_corr    Pearson correlation of driver vs output mouth-open ratio, cross-identity ('mouth' clips,
+                both directions; the worse one counts)
+  eye_corr      the same for the eye-open ratio ('blink' clips)
+  pose_err_px   head roll / shift transfer, cross-identity: the output's head motion (similarity fitted
+                to rigid landmarks) vs the scripted motion carried over to the avatar, mean px error at
+                the rigid landmarks
+  jitter_ratio  output landmark jitter (mean frame-to-frame landmark motion) on a still head with
+                sensor noise, landmark filter off / on
+  lag_frames    frames from the driver's to the output's half-way point on a sudden head shift, filter on
+  bg_drift      mean |output - avatar| far from the face, head still, 8-bit levels
+
+CLI: `python bench/quality.py --out DIR [--small] [--frames N]`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+if __package__ in (None, ""):  # run as `python bench/quality.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from avatarify.datatypes import DrivingFrame, FaceLandmarks  # noqa: E402
+from avatarify.engines.base import Animator  # noqa: E402
+from bench.clips import (eye_open_ratio, face_rig, make_clip, mouth_open_ratio,  # noqa: E402
+                         track_landmarks)
+from bench.common import setup_cli_logging, write_json, write_png  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Landmarks that move with the skull but not with expressions: forehead, nose bridge and tip, eye
+# corners, cheekbones. Head motion is fitted to these only, so a mouth or blink does not read as pose.
+RIGID_POINTS = (10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 33, 133, 362, 263, 234, 454, 127, 356, 98, 327)
+NUM_MESH_POINTS = 468
+CROSS_PAIRS = (("grace_hopper", "astronaut"), ("astronaut", "grace_hopper"))  # (driver, avatar)
+WARMUP_FRAMES = 5  # frames skipped before measuring jitter: the filter and tracker settle first
+
+EngineFactory = Callable[[int, bool], Animator]  # (size, landmark filter on) -> a fresh engine
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Measure:
+    value: float
+    goal: float
+    higher_is_better: bool
+    what: str
+
+    @property
+    def passed(self) -> bool:
+        if not math.isfinite(self.value):
+            return False
+        return self.value >= self.goal if self.higher_is_better else self.value <= self.goal
+
+    def as_dict(self) -> dict:
+        return {"value": round(self.value, 4), "goal": f"{'>=' if self.higher_is_better else '<='} {self.goal}",
+                "pass": self.passed, "what": self.what}
+
+
+@dataclass
+class Run:
+    """One engine run over one clip: what went in, what came out, and landmarks of both."""
+
+    label: str
+    truth: dict
+    driver_frames: list[np.ndarray]
+    driver_landmarks: list[FaceLandmarks | None]
+    avatar_bgr: np.ndarray
+    avatar_landmarks: FaceLandmarks
+    outputs: list[np.ndarray]
+    output_landmarks: list[FaceLandmarks | None] = field(default_factory=list)
+    animate_ms: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Geometry and statistics helpers
+# ---------------------------------------------------------------------------------------------------
+def fit_similarity(src_xy: np.ndarray, dst_xy: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, shift; no reflection) mapping src to dst, 2x3.
+
+    Written as complex numbers: dst = a * src + b, with a = scale * e^(i * angle).
+    """
+    src = src_xy[:, 0] + 1j * src_xy[:, 1]
+    dst = dst_xy[:, 0] + 1j * dst_xy[:, 1]
+    src_c, dst_c = src - src.mean(), dst - dst.mean()
+    a = np.sum(np.conj(src_c) * dst_c) / max(float(np.sum(np.abs(src_c) ** 2)), 1e-12)
+    b = dst.mean() - a * src.mean()
+    return np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]])
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ np.asarray(matrix)[:, :2].T + np.asarray(matrix)[:, 2]
+
+
+def pearson(a: Sequence[float], b: Sequence[float]) -> float:
+    """Pearson correlation; NaN when either series is constant (nothing to correlate)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.std() < 1e-9 or b.std() < 1e-9:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def series(landmarks: Sequence[FaceLandmarks | None], measure: Callable[[FaceLandmarks], float]) -> np.ndarray:
+    """A per-frame measure of landmarks; NaN where no face was found."""
+    return np.array([measure(lm) if lm is not None else np.nan for lm in landmarks], dtype=np.float64)
+
+
+def _finite_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ok = np.isfinite(a) & np.isfinite(b)
+    return a[ok], b[ok]
+
+
+def half_way_frame(position: np.ndarray, step_frame: int) -> float:
+    """Fractional frame at which `position` first gets half-way from its level before the step to
+    its level at the end of the clip (linear interpolation between frames); NaN if it never does."""
+    before = np.nanmedian(position[WARMUP_FRAMES:step_frame])
+    after = np.nanmedian(position[-max(3, len(position) // 6):])
+    progress = (position - before) / (after - before)
+    for i in range(step_frame, len(position)):
+        if progress[i] >= 0.5:
+            previous = progress[i - 1]
+            return float(i - 1 + (0.5 - previous) / (progress[i] - previous)) if progress[i] != previous else float(i)
+    return float("nan")
+
+
+def far_from_face_mask(landmarks: FaceLandmarks, size: int, margin_share: float = 0.3) -> np.ndarray:
+    """Pixels farther than `margin_share` of the face width from the face outline (bool, size x size)."""
+    mesh = landmarks.points[:NUM_MESH_POINTS]
+    face = np.zeros((size, size), np.uint8)
+    cv2.fillConvexPoly(face, cv2.convexHull(np.round(mesh).astype(np.int32)), 255)
+    margin = max(1, int(round(margin_share * (mesh[:, 0].max() - mesh[:, 0].min()))))
+    near = cv2.dilate(face, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1)))
+    return near == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The bench
+# ---------------------------------------------------------------------------------------------------
+class QualityBench:
+    """Runs an engine over the clips (each run at most once) and computes the measures from the runs."""
+
+    def __init__(self, engine_factory: EngineFactory, size: int = 256, frames: int = 90,
+                 fps: float = 30.0) -> None:
+        self.engine_factory, self.size, self.frames, self.fps = engine_factory, size, frames, fps
+        self._clips: dict[tuple[str, str], tuple[list[np.ndarray], dict, list[FaceLandmarks | None]]] = {}
+        self._avatars: dict[str, tuple[np.ndarray, FaceLandmarks]] = {}
+        self._runs: dict[tuple[str, str, str, bool], Run] = {}
+        self.details: dict[str, dict] = {}
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def clip(self, photo: str, script: str) -> tuple[list[np.ndarray], dict, list[FaceLandmarks | None]]:
+        """Frames, truth and tracking-mode landmarks of a clip (the landmarks the engine is given)."""
+        key = (photo, script)
+        if key not in self._clips:
+            frames, truth = make_clip(photo, script, self.frames, self.size, self.fps)
+            self._clips[key] = (frames, truth, track_landmarks(frames))
+        return self._clips[key]
+
+    def avatar(self, photo: str) -> tuple[np.ndarray, FaceLandmarks]:
+        """The avatar: the photo's neutral clip frame (no sensor noise) and its static-mode landmarks."""
+        if photo not in self._avatars:
+            avatar_bgr = face_rig(photo, self.size).neutral_frame()
+            landmarks = track_landmarks([avatar_bgr], static=True)[0]
+            if landmarks is None:
+                raise RuntimeError(f"no face found on the {photo} avatar")
+            self._avatars[photo] = (avatar_bgr, landmarks)
+        return self._avatars[photo]
+
+    def run(self, driver: str, script: str, avatar: str, smoothing: bool = True) -> Run:
+        """Drive a fresh engine with one clip, as the live app would; outputs re-measured."""
+        key = (driver, script, avatar, smoothing)
+        if key in self._runs:
+            return self._runs[key]
+        frames, truth, landmarks = self.clip(driver, script)
+        avatar_bgr, avatar_landmarks = self.avatar(avatar)
+        engine = self.engine_factory(self.size, smoothing)
+        engine.set_avatar(avatar_bgr, avatar_landmarks)
+        driving = [DrivingFrame(frame, lm, index / self.fps, 1.0)
+                   for index, (frame, lm) in enumerate(zip(frames, landmarks))]
+        engine.set_neutral(driving[0])
+        start = time.perf_counter()
+        outputs = [engine.animate(d) for d in driving]
+        animate_ms = 1000.0 * (time.perf_counter() - start) / len(driving)
+        label = f"{driver}/{script} -> {avatar}" + ("" if smoothing else " (filter off)")
+        run = Run(label, truth, frames, landmarks, avatar_bgr, avatar_landmarks, outputs,
+                  track_landmarks(outputs, static=True), animate_ms)
+        lost = sum(lm is None for lm in run.output_landmarks)
+        if lost:
+            log.warning("%s: no face found on %d of %d output frames", label, lost, len(outputs))
+        log.info("ran %s: %.1f ms/frame", label, animate_ms)
+        self._runs[key] = run
+        return run
+
+    # -- measures ----------------------------------------------------------------------------------
+    def _self_l1(self, photo: str, script: str) -> dict[str, float]:
+        """Self-reenactment L1 on [0, 1]: whole frame, and split near / far from the face (the clips
+        move the whole frame with the head, like a moving camera; an engine that keeps the background
+        still pays for it far from the face)."""
+        run = self.run(photo, script, photo)
+        far = far_from_face_mask(run.avatar_landmarks, self.size)
+        diffs = [np.abs(o.astype(np.float32) - d).mean(axis=2) / 255.0 for o, d in zip(run.outputs, run.driver_frames)]
+        return {"whole": float(np.mean([d.mean() for d in diffs])),
+                "near_face": float(np.mean([d[~far].mean() for d in diffs])),
+                "far_from_face": float(np.mean([d[far].mean() for d in diffs]))}
+
+    def l1_self(self) -> Measure:
+        cases = {f"{photo}/{script}": self._self_l1(photo, script)
+                 for photo in ("astronaut", "grace_hopper") for script in ("mixed", "mouth", "blink", "roll", "shift")}
+        self.details["l1_self"] = cases
+        headline = [case["whole"] for name, case in cases.items() if name.endswith("/mixed")]
+        return Measure(float(np.mean(headline)), 0.03, False,
+                       "self-reenactment mean |output - driver| on [0,1], whole frame, 'mixed' clips")
+
+    def _ratio_corr(self, script: str, ratio: Callable[[FaceLandmarks], float]) -> tuple[float, dict]:
+        cases = {}
+        for driver, avatar in CROSS_PAIRS:
+            run = self.run(driver, script, avatar)
+            driven, shown = _finite_pair(series(run.driver_landmarks, ratio), series(run.output_landmarks, ratio))
+            cases[run.label] = {"corr": pearson(driven, shown),
+                                # How much of the driver's change shows (1 = all of it): a high
+                                # correlation with a small gain is a faithful but timid transfer.
+                                "gain": float(np.polyfit(driven, shown, 1)[0]),
+                                "driver_range": [float(driven.min()), float(driven.max())],
+                                "output_range": [float(shown.min()), float(shown.max())]}
+        return min(case["corr"] for case in cases.values()), cases
+
+    def mouth_corr(self) -> Measure:
+        value, self.details["mouth_corr"] = self._ratio_corr("mouth", mouth_open_ratio)
+        return Measure(value, 0.9, True, "Pearson r, driver vs output mouth-open ratio, cross-identity (worst pair)")
+
+    def eye_corr(self) -> Measure:
+        value, self.details["eye_corr"] = self._ratio_corr("blink", eye_open_ratio)
+        return Measure(value, 0.9, True, "Pearson r, driver vs output eye-open ratio, cross-identity (worst pair)")
+
+    def _expected_avatar_motion(self, run: Run, frame_truth: dict) -> np.ndarray:
+        """The scripted head motion carried over to the avatar: same roll and scale about the avatar's
+        face centre, shift scaled by the ratio of face widths (the crop rule frames both faces by their
+        landmark box, so a shift is the same share of the face in both)."""
+        driver_mesh = np.asarray(run.truth["neutral_landmarks"])[:NUM_MESH_POINTS]
+        mesh = run.avatar_landmarks.points[:NUM_MESH_POINTS].astype(np.float64)
+        size_ratio = float(np.ptp(mesh[:, 0]) / np.ptp(driver_mesh[:, 0]))
+        centre = 0.5 * (mesh.min(axis=0) + mesh.max(axis=0))
+        matrix = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), frame_truth["roll_deg"],
+                                         frame_truth["scale"])
+        matrix[:, 2] += size_ratio * np.asarray(frame_truth["shift_xy"])
+        return matrix
+
+    def pose_err_px(self) -> Measure:
+        cases, errors = {}, []
+        for script in ("roll", "shift"):
+            for driver, avatar in CROSS_PAIRS:
+                run = self.run(driver, script, avatar)
+                reference = run.output_landmarks[0].points[list(RIGID_POINTS)].astype(np.float64)
+                run_errors = []
+                for frame_truth, lm in zip(run.truth["per_frame"], run.output_landmarks):
+                    if lm is None:
+                        continue
+                    measured = fit_similarity(reference, lm.points[list(RIGID_POINTS)].astype(np.float64))
+                    expected = self._expected_avatar_motion(run, frame_truth)
+                    gap = apply_affine(measured, reference) - apply_affine(expected, reference)
+                    run_errors.append(float(np.linalg.norm(gap, axis=1).mean()))
+                cases[run.label] = {"mean_px": float(np.mean(run_errors)), "max_px": float(np.max(run_errors))}
+                errors += run_errors
+        self.details["pose_err_px"] = cases
+        return Measure(float(np.mean(errors)), 2.0, False,
+                       "head roll/shift transfer error at rigid landmarks, px at 256, cross-identity")
+
+    @staticmethod
+    def _jitter_px(landmarks: Sequence[FaceLandmarks | None]) -> float:
+        """Mean frame-to-frame motion of the mesh points (after the warm-up): what the eye sees as
+        shimmer, unlike slow drift, which a deviation-from-the-mean measure would also count."""
+        points = np.stack([lm.points[:NUM_MESH_POINTS] for lm in landmarks[WARMUP_FRAMES:] if lm is not None])
+        return float(np.linalg.norm(np.diff(points, axis=0), axis=2).mean())
+
+    def jitter_ratio(self) -> Measure:
+        driver, avatar = CROSS_PAIRS[0]
+        raw = self.run(driver, "still_noise", avatar, smoothing=False)
+        smooth = self.run(driver, "still_noise", avatar, smoothing=True)
+        off, on = self._jitter_px(raw.output_landmarks), self._jitter_px(smooth.output_landmarks)
+        self.details["jitter"] = {"driver_px": self._jitter_px(raw.driver_landmarks), "output_filter_off_px": off,
+                                  "output_filter_on_px": on}
+        return Measure(off / max(on, 1e-9), 3.0, True,
+                       "output landmark jitter on a still noisy driver, filter off / on")
+
+    def lag_frames(self) -> Measure:
+        driver, avatar = CROSS_PAIRS[0]
+        cases = {}
+        for smoothing in (True, False):
+            run = self.run(driver, "step", avatar, smoothing)
+            step_frame = run.truth["step_frame"]
+
+            def rigid_x(landmarks: Sequence[FaceLandmarks | None]) -> np.ndarray:
+                return series(landmarks, lambda lm: float(lm.points[list(RIGID_POINTS), 0].mean()))
+
+            driver_half = half_way_frame(rigid_x(run.driver_landmarks), step_frame)
+            output_half = half_way_frame(rigid_x(run.output_landmarks), step_frame)
+            cases["filter_on" if smoothing else "filter_off"] = {
+                "driver_half_way_frame": driver_half, "output_half_way_frame": output_half,
+                "lag_frames": output_half - driver_half}
+        self.details["lag"] = cases
+        return Measure(cases["filter_on"]["lag_frames"], 2.0, False,
+                       "frames from driver to output half-way point on a sudden head shift, filter on")
+
+    def bg_drift(self) -> Measure:
+        cases = {}
+        for script in ("still_noise", "mouth"):
+            for driver, avatar in CROSS_PAIRS:
+                run = self.run(driver, script, avatar)
+                far = far_from_face_mask(run.avatar_landmarks, self.size)
+                cases[run.label] = float(np.mean([np.abs(o.astype(np.float32) - run.avatar_bgr)[far].mean()
+                                                  for o in run.outputs]))
+        self.details["bg_drift"] = cases
+        return Measure(max(cases.values()), 1.0, False,
+                       "mean |output - avatar| far from the face, head still, 8-bit levels (worst case)")
+
+    def measure_all(self) -> dict[str, Measure]:
+        return {"l1_self": self.l1_self(), "mouth_corr": self.mouth_corr(), "eye_corr": self.eye_corr(),
+                "pose_err_px": self.pose_err_px(), "jitter_ratio": self.jitter_ratio(),
+                "lag_frames": self.lag_frames(), "bg_drift": self.bg_drift()}
+
+    def animate_ms(self) -> dict[str, float]:
+        return {run.label: round(run.animate_ms, 2) for run in self._runs.values()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Contact sheet
+# ---------------------------------------------------------------------------------------------------
+def contact_sheet(runs: Sequence[Run], columns: int = 6, cell: int = 192, label_width: int = 230) -> np.ndarray:
+    """Rows driver | avatar | output per run, columns at evenly spaced frames; labelled."""
+    frames = len(runs[0].outputs)
+    picks = np.linspace(0, frames - 1, columns).round().astype(int)
+    header = np.full((28, label_width + columns * cell, 3), 255, np.uint8)
+    for c, index in enumerate(picks):
+        cv2.putText(header, f"frame {index}", (label_width + c * cell + 6, 20), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    blocks = [header]
+    for run in runs:
+        for role, images in (("driver", run.driver_frames), ("avatar", [run.avatar_bgr] * frames),
+                             ("output", run.outputs)):
+            label = np.full((cell, label_width, 3), 255, np.uint8)
+            driven_by, animated = run.label.split(" -> ")
+            for line, text in enumerate((role, f"driver {driven_by}", f"avatar {animated}")):
+                cv2.putText(label, text, (6, 24 + 20 * line),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.55 if line == 0 else 0.42, (0, 0, 0),
+                            2 if line == 0 else 1, cv2.LINE_AA)
+            row = [label] + [cv2.resize(images[i], (cell, cell), interpolation=cv2.INTER_AREA) for i in picks]
+            blocks.append(np.hstack(row))
+        blocks.append(np.full((6, blocks[0].shape[1], 3), 128, np.uint8))  # separates runs
+    return np.vstack(blocks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Engine and CLI
+# ---------------------------------------------------------------------------------------------------
+def mesh_engine(size: int, smoothing: bool) -> Animator:
+    """A fresh MeshAnimator with its landmark One Euro filter on or off."""
+    from avatarify.engines.mesh import MeshAnimator
+    from avatarify.motion import MotionSettings
+
+    return MeshAnimator(size=size, motion=MotionSettings(smoothing=smoothing))
+
+
+def run_bench(out_dir: Path, engine_factory: EngineFactory = mesh_engine, frames: int = 90,
+              size: int = 256, fps: float = 30.0) -> dict:
+    """Measure, then write out_dir/quality.json and out_dir/quality_sheet.png; returns the JSON dict."""
+    start = time.perf_counter()
+    bench = QualityBench(engine_factory, size, frames, fps)
+    measures = bench.measure_all()
+    sheet_runs = [bench.run("grace_hopper", "mixed", "astronaut"), bench.run("astronaut", "mixed", "grace_hopper"),
+                  bench.run("astronaut", "mixed", "astronaut")]
+    engine = engine_factory(size, True)
+    result = {
+        "engine": engine.name,
+        **engine.backend_info(),
+        "size": size, "frames": frames, "fps": fps,
+        **{key: measure.as_dict() for key, measure in measures.items()},
+        "all_pass": all(measure.passed for measure in measures.values()),
+        "details": bench.details,
+        "animate_ms_per_frame": bench.animate_ms(),
+        "bench_s": round(time.perf_counter() - start, 1),
+    }
+    write_json(out_dir / "quality.json", result)
+    write_png(out_dir / "quality_sheet.png", contact_sheet(sheet_runs))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Measure engine quality on synthetic driving clips.")
+    parser.add_argument("--out", required=True, type=Path, help="folder for quality.json and quality_sheet.png")
+    parser.add_argument("--small", action="store_true", help="short clips (36 frames) for a quick look")
+    parser.add_argument("--frames", type=int, default=None, help="frames per clip (default 90, small 36)")
+    parser.add_argument("--size", type=int, default=256, choices=(256, 512))
+    args = parser.parse_args(argv)
+    setup_cli_logging()
+    result = run_bench(args.out, frames=args.frames or (36 if args.small else 90), size=args.size)
+    for key, value in result.items():
+        if isinstance(value, dict) and "goal" in value:
+            print(f"{key:14s} {value['value']:>9.4f}  goal {value['goal']:<8s} {'PASS' if value['pass'] else 'FAIL'}")
+    print(f"all pass: {result['all_pass']}   ({result['bench_s']} s)   {args.out / 'quality.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
