@@ -1,0 +1,453 @@
+"""The live app: the one place that knows the order of the stages and wires them together.
+
+Per frame: capture → face landmarks → smoothed square driving crop → calibration (neutral pose,
+find-best-frame) → engine → sinks (virtual camera, video file) → preview with HUD → hotkeys.
+Input: `Settings` (from the command line). Output: frames on the sinks and, with --stats, the
+statistics JSON. `main` turns the errors a user can cause into one line on stderr and exit code 2.
+`animate_file` is the offline path: a photo animated by a driving video into an mp4.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from avatarify.avatars import Avatar, AvatarError, load_avatars, write_demo_avatars
+from avatarify.capture import CaptureError, LiveCamera, VideoFileSource, open_frame_source
+from avatarify.config import DEFAULT_AVATARS_DIR, Settings, find_default_checkpoint, parse_args
+from avatarify.datatypes import DrivingFrame
+from avatarify.engines.base import Animator, AnimatorError
+from avatarify.hotkeys import Controls, handle_key
+from avatarify.hud import HudInfo, compose_preview, hud_lines
+from avatarify.landmarks import FaceMeshDetector
+from avatarify.sinks import PreviewWindow, Sink, SinkError, VideoFileSink, VirtualCameraSink, fit_to_canvas
+from avatarify.stats import Stats
+from avatarify.tracking import DrivingTracker, pose_distance
+
+log = logging.getLogger("avatarify")
+
+EXIT_USER_ERROR = 2
+_MESSAGE_SECONDS = 2.5  # how long a hotkey's message stays on the HUD
+_USER_ERRORS = (AvatarError, CaptureError, AnimatorError, SinkError)
+
+
+@contextmanager
+def native_notices_silenced(enabled: bool = True) -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for a while. MediaPipe's C++ side prints TensorFlow Lite
+    and absl notices there when its models first run; they are not errors, and they bury the app's
+    own lines. The CLI's log handler writes to its own copy of the descriptor, so it still shows."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine choice
+
+
+def choose_engine(settings: Settings) -> tuple[str, Path | None, str]:
+    """(engine name, checkpoint, why) for --engine auto|mesh|fomm."""
+    if settings.engine == "mesh":
+        if settings.checkpoint is not None:
+            log.warning("--checkpoint is ignored with --engine mesh")
+        return "mesh", None, "asked for with --engine mesh"
+    checkpoint = settings.checkpoint or find_default_checkpoint()
+    if checkpoint is not None:
+        why = "checkpoint given" if settings.checkpoint else "checkpoint found"
+        return "fomm", checkpoint, f"{why}: {checkpoint}"
+    if settings.engine == "fomm":
+        raise AnimatorError("--engine fomm needs the FOMM checkpoint: pass --checkpoint "
+                            "vox-adv-cpk.pth.tar or put it in checkpoints/ (README: Using the FOMM checkpoint).")
+    return "mesh", None, "no FOMM checkpoint given or in checkpoints/"
+
+
+def _build_mesh(settings: Settings) -> Animator:
+    from avatarify.engines.mesh import MeshAnimator
+
+    return MeshAnimator(settings.size)
+
+
+def _build_fomm(settings: Settings, checkpoint: Path) -> Animator:
+    """The FOMM engine. torch and onnxruntime are imported only here, so the mesh engine starts fast.
+
+    Backends: torch runs the checkpoint directly; onnxruntime and auto run the ONNX graphs exported
+    on first use into a cache keyed by the checkpoint's hash (later runs reuse them), on the best
+    execution provider this onnxruntime has (TensorRT → CUDA → CPU); tensorrt builds native engines.
+    """
+    if not checkpoint.is_file():
+        raise AnimatorError(f"Checkpoint file {checkpoint} does not exist; download vox-adv-cpk.pth.tar "
+                            f"(README: Using the FOMM checkpoint) or fix --checkpoint.")
+    try:
+        from avatarify.engines.fomm import FommAnimator
+        from avatarify.runners import RunnerError
+        from export.onnx_export import ExportError, cached_export
+        from export.tensorrt_build import TensorRTUnavailable
+        from models.fomm.checkpoint import CheckpointError
+    except ImportError as exc:
+        raise AnimatorError(f"The FOMM engine cannot start ({exc}); install the requirements "
+                            f"(pip install -r requirements.txt) or use --engine mesh.") from None
+    try:
+        if settings.backend == "torch":
+            return FommAnimator.create("torch", checkpoint=checkpoint, device=_torch_device(settings.device),
+                                       size=settings.size)
+        onnx_dir = cached_export(checkpoint, settings.cache_dir / "fomm")
+        if settings.backend == "tensorrt":
+            from avatarify.runners import TensorRTRunner
+            from export.tensorrt_build import build_engines
+
+            graphs = {name: onnx_dir / f"{name}.onnx" for name in ("fomm_keypoints", "fomm_source", "fomm_frame")}
+            return FommAnimator(TensorRTRunner(build_engines(graphs, onnx_dir)), settings.size)
+        return FommAnimator.create("onnxruntime", onnx_dir=onnx_dir, device=settings.device, size=settings.size)
+    except (CheckpointError, ExportError, RunnerError, TensorRTUnavailable) as exc:
+        raise AnimatorError(str(exc)) from None
+
+
+def _torch_device(device: str) -> str:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AnimatorError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu.")
+    return "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+
+
+def build_animator(settings: Settings, choice: tuple[str, Path | None, str] | None = None) -> Animator:
+    """The engine `choose_engine` picks (or already picked: `choice`), saying which and why."""
+    name, checkpoint, why = choice or choose_engine(settings)
+    log.info("engine: %s (%s)", name, why)
+    if name == "fomm":
+        return _build_fomm(settings, checkpoint)
+    return _build_mesh(settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# The live loop
+
+
+class LiveApp:
+    """One run: owns the stages, the calibration state and the controls the hotkeys change."""
+
+    def __init__(self, settings: Settings, animator: Animator, avatars: list[Avatar],
+                 source: VideoFileSource | LiveCamera, sinks: list[Sink],
+                 preview: PreviewWindow | None, stats: Stats) -> None:
+        self.settings = settings
+        self.animator = animator
+        self.avatars = avatars
+        self.source = source
+        self.sinks = sinks
+        self.preview = preview
+        self.stats = stats
+        self.controls = Controls.from_settings(settings)
+        self.controls.avatar_count = len(avatars)
+        self.detector = FaceMeshDetector(static=False)
+        with native_notices_silenced(not settings.verbose):
+            # MediaPipe loads its models at the first detection: do it now, on a face, quietly.
+            self.detector.detect(avatars[0].crop_bgr)
+        self.tracker = DrivingTracker(settings.size, settings.crop_margin, settings.box_min_cutoff,
+                                      settings.box_beta, settings.min_face_visible, settings.face_lost_ease_s)
+        self.avatar_index = -1
+        self.neutral: DrivingFrame | None = None
+        self.match_score: float | None = None  # this frame's find-best distance to the avatar's pose
+        self.best_score = math.inf
+        self.faces_seen = 0
+        self._find_best_was_on = False
+        self._mirrored = self.controls.mirror
+        self._message_until = 0.0
+        self._shown_message = ""
+        self._select_avatar(0)
+
+    @property
+    def avatar(self) -> Avatar:
+        return self.avatars[self.avatar_index]
+
+    # --- per frame --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        frames = iter(self.source)
+        while not self.controls.quit:
+            with self.stats.stage("capture"):  # decoding (file) or waiting for a new frame (camera)
+                captured = next(frames, None)
+            if captured is None:
+                break
+            self.step(captured.frame_bgr, captured.timestamp)
+
+    def step(self, frame_bgr: np.ndarray, timestamp: float) -> np.ndarray:
+        """One frame through every stage; returns what the sinks received."""
+        stage = self.stats.stage
+        self._follow_mirror()
+        if self.controls.mirror:
+            frame_bgr = cv2.flip(frame_bgr, 1)
+        with stage("detect"):
+            landmarks = self.detector.detect(frame_bgr)
+        with stage("crop"):
+            self.tracker.crop.zoom = self.controls.zoom
+            self.tracker.crop.offset = self.controls.offset
+            driving = self.tracker.update(frame_bgr, landmarks, timestamp)
+        self._calibrate(driving)
+        with stage("animate"):
+            output = self._animate(driving)
+        if self.controls.passthrough:
+            output = frame_bgr
+        self.stats.frame_done(timestamp)  # latency ends when the frame is handed to the sinks
+        with stage("sinks"):
+            for sink in self.sinks:
+                sink.send(output)
+        if self.preview is not None:
+            with stage("preview"):
+                self._show_preview(frame_bgr, driving, output)
+        self._apply_requests()
+        return output
+
+    def _animate(self, driving: DrivingFrame | None) -> np.ndarray:
+        if driving is None or self.neutral is None:
+            return self.avatar.crop_bgr  # no face yet: the avatar waits, still
+        self.animator.strength = self.controls.strength
+        self.animator.region = self.controls.region
+        try:
+            return self.animator.animate(driving)
+        except AnimatorError as exc:  # one bad frame must not end a video call
+            if self.controls.message != str(exc):
+                self.controls.message = str(exc)
+                log.warning("%s", exc)
+            return self.avatar.crop_bgr
+
+    def _calibrate(self, driving: DrivingFrame | None) -> None:
+        """First face → neutral; `c` → the next face is the neutral; find-best keeps the best match."""
+        if driving is None or not self.tracker.face_found:
+            return
+        self.faces_seen += 1
+        if self.controls.find_best and not self._find_best_was_on:
+            self.best_score = math.inf  # a new search starts from this frame
+        self._find_best_was_on = self.controls.find_best
+        if self.neutral is None or self.controls.calibrate:
+            self._set_neutral(driving)
+            self.controls.calibrate = False
+            self.best_score = math.inf
+            return
+        if self.controls.find_best:
+            self.match_score = pose_distance(driving.landmarks, self.avatar.landmarks)
+            if self.match_score < self.best_score:
+                self.best_score = self.match_score
+                self._set_neutral(driving)
+
+    def _set_neutral(self, driving: DrivingFrame) -> None:
+        self.neutral = driving
+        self.animator.set_neutral(driving)
+        log.debug("neutral pose set")
+
+    def _follow_mirror(self) -> None:
+        if self.controls.mirror != self._mirrored:
+            # The picture flips, so the smoothed box would glide across the frame; start it afresh.
+            self.tracker.crop.reset()
+            self._mirrored = self.controls.mirror
+            self.controls.calibrate = True
+
+    # --- hotkey requests --------------------------------------------------------------------------
+
+    def _apply_requests(self) -> None:
+        if self.controls.reload_avatars:
+            self.controls.reload_avatars = False
+            self._reload_avatars()
+        if self.controls.avatar_index != self.avatar_index:
+            self._select_avatar(self.controls.avatar_index)
+
+    def _select_avatar(self, index: int) -> None:
+        self.avatar_index = index
+        self.controls.avatar_index = index
+        avatar = self.avatar
+        self.animator.set_avatar(avatar.crop_bgr, avatar.landmarks)
+        if self.neutral is not None:
+            self.animator.set_neutral(self.neutral)
+        self.best_score = math.inf  # the best match depends on the avatar's pose
+        log.info("avatar %d/%d: %s", index + 1, len(self.avatars), avatar.path)
+
+    def _reload_avatars(self) -> None:
+        current = self.avatar.path
+        try:
+            avatars = load_avatars(self.settings.avatar, self.settings.size, self.settings.crop_margin)
+        except AvatarError as exc:
+            self.controls.message = f"reload failed: {exc}"
+            log.warning("%s", self.controls.message)
+            return
+        self.avatars = avatars
+        self.controls.avatar_count = len(avatars)
+        paths = [a.path for a in avatars]
+        self._select_avatar(paths.index(current) if current in paths else 0)
+        self.controls.message = f"{len(avatars)} avatars loaded"
+
+    # --- preview ----------------------------------------------------------------------------------
+
+    def _show_preview(self, frame_bgr: np.ndarray, driving: DrivingFrame | None, output: np.ndarray) -> None:
+        size = self.settings.size
+        if driving is not None:
+            driving_bgr = driving.crop_bgr
+        else:
+            driving_bgr = fit_to_canvas(frame_bgr, size, size)
+        overlay = self.avatar.landmarks.points if self.controls.overlay else None
+        output_bgr = output if output.shape[:2] == (size, size) else fit_to_canvas(output, size, size)
+        hud = hud_lines(self._hud_info()) if self.controls.hud else None
+        key = self.preview.show(compose_preview(driving_bgr, output_bgr, hud, overlay))
+        if handle_key(key, self.controls) is not None:
+            log.info("%s", self.controls.message)
+        if self.preview.closed_by_user():
+            self.controls.quit = True
+
+    def _status(self) -> list[str]:
+        if self.tracker.face_found:
+            face = "face tracked"
+        elif self.neutral is None:
+            face = "waiting for a face"
+        else:
+            face = "face lost: easing to neutral"
+        lines = [f"{face} | avatar {self.avatar_index + 1}/{len(self.avatars)}",
+                 f"strength {self.controls.strength:.1f} | region {self.controls.region}"]
+        if self.controls.find_best and self.match_score is not None:
+            lines[-1] += f" | match {self.match_score:.3f} (best {self.best_score:.3f})"
+        return lines
+
+    def _hud_info(self) -> HudInfo:
+        now = time.perf_counter()
+        if self.controls.message != self._shown_message:
+            self._shown_message, self._message_until = self.controls.message, now + _MESSAGE_SECONDS
+        info = self.animator.backend_info()
+        return HudInfo(fps=self.stats.recent_fps(), stage_ms=self.stats.recent_ms(),
+                       latency_ms=self.stats.recent_latency_ms(), engine=self.animator.name,
+                       providers=list(info.get("providers", [])), status=self._status(),
+                       message=self._shown_message if now < self._message_until else "")
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        if self.preview is not None:
+            self.preview.close()
+        self.detector.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Setting up and running
+
+
+def _avatar_paths(settings: Settings) -> list[Path]:
+    if settings.demo:
+        written = write_demo_avatars(DEFAULT_AVATARS_DIR)
+        log.info("demo avatars written: %s", ", ".join(str(p) for p in written))
+        if DEFAULT_AVATARS_DIR not in settings.avatar:
+            return [*settings.avatar, DEFAULT_AVATARS_DIR]
+    return settings.avatar
+
+
+def open_sinks(settings: Settings, fps: float) -> tuple[list[Sink], PreviewWindow | None]:
+    """The sinks asked for. A missing virtual camera or display is reported and skipped; an
+    unwritable --output file is an error (the user asked for exactly that file)."""
+    sinks: list[Sink] = []
+    if settings.output is not None:
+        sinks.append(VideoFileSink(settings.output, fps, settings.size, settings.size))
+    if settings.virtual_cam:
+        try:
+            sinks.append(VirtualCameraSink(settings.cam_width, settings.cam_height, settings.cam_fps,
+                                           settings.virtual_cam_backend, settings.virtual_cam_device))
+        except SinkError as exc:
+            log.warning("%s", exc)
+    preview = None
+    if settings.preview:
+        try:
+            preview = PreviewWindow()
+        except SinkError as exc:
+            log.warning("%s", exc)
+    return sinks, preview
+
+
+def run(settings: Settings, stats: Stats | None = None) -> dict:
+    """Run the app until the source ends, --max-frames, q/Esc or Ctrl+C. Returns the stats summary."""
+    stats = stats or Stats()
+    engine_choice = choose_engine(settings)  # a missing checkpoint is reported before any slow step
+    with native_notices_silenced(not settings.verbose):
+        avatars = load_avatars(_avatar_paths(settings), settings.size, settings.crop_margin)
+    log.info("%d avatar%s loaded", len(avatars), "" if len(avatars) == 1 else "s")
+    source = open_frame_source(settings.camera, settings.max_frames, settings.capture_width,
+                               settings.capture_height)
+    animator = None
+    try:
+        animator = build_animator(settings, engine_choice)
+        sinks, preview = open_sinks(settings, source.fps)
+        app = LiveApp(settings, animator, avatars, source, sinks, preview, stats)
+        try:
+            app.run()
+        except KeyboardInterrupt:
+            log.info("stopped (Ctrl+C)")
+        finally:
+            app.close()
+        if app.faces_seen == 0:
+            log.warning("No face was found in any frame from %s; the avatar stayed still.", source.name)
+    finally:
+        source.close()
+    info = animator.backend_info()
+    summary = stats.summary(animator.name, info, {
+        "size": settings.size, "camera": str(settings.camera), "dropped_frames": source.dropped,
+        "avatars": len(avatars)})
+    log.info("%d frames, %.1f fps, engine %s on %s", summary["frames"], summary["fps"], animator.name,
+             ", ".join(summary["providers"]))
+    if settings.stats is not None:
+        stats.write(settings.stats, animator.name, info, summary)
+    return summary
+
+
+def animate_file(avatar: Path, driving: Path, output: Path, size: int = 256, engine: str = "auto",
+                 checkpoint: Path | None = None, max_frames: int | None = None,
+                 stats_path: Path | None = None) -> dict:
+    """The offline path: animate `avatar` with every frame of the `driving` video into `output`
+    (an mp4 at engine size), with a progress bar. Same stages as live, without camera or windows."""
+    settings = Settings(avatar=[Path(avatar)], camera=Path(driving), output=Path(output), size=size,
+                        engine=engine, checkpoint=checkpoint, virtual_cam=False, preview=False,
+                        max_frames=max_frames, stats=stats_path)
+    return run(settings)
+
+
+class _CliFormatter(logging.Formatter):
+    """Info lines as plain sentences; warnings and errors say so."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log lines to stderr through a descriptor of their own (see native_notices_silenced)."""
+    handler = logging.StreamHandler(os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1))
+    handler.setFormatter(_CliFormatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: exit 0 on success, 2 with one line on stderr for errors a user can cause."""
+    stats = Stats()  # first, so the startup time covers everything this function does
+    settings = parse_args(argv)
+    setup_logging(settings.verbose)
+    try:
+        run(settings, stats)
+    except _USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:  # Ctrl+C while starting up; once running, the loop stops cleanly
+        print("stopped", file=sys.stderr)
+        return 130
+    return 0

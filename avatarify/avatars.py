@@ -1,0 +1,139 @@
+"""Avatar photos: find them, validate them, crop them around the face for the engine.
+
+Input: files and folders of jpg/png/webp photos and the engine size. Output: `Avatar`s — the square
+crop around the one face (the same box rule as the driving crop, so both are framed alike), resized
+to the engine size, with the face's landmarks in crop pixels. A photo that cannot be used (not an
+image, too small, no face, several faces) gives one message naming the file; the others still load.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from avatarify.datatypes import FaceLandmarks
+from avatarify.landmarks import FaceMeshDetector
+from avatarify.tracking import crop_square, square_face_box
+
+log = logging.getLogger(__name__)
+
+AVATAR_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+MIN_IMAGE_SIDE = 64  # px: below this there is nothing for the engine to animate
+MIN_FACE_SIDE = 40  # px: Face Mesh landmarks on a smaller face are too coarse to animate
+
+
+class AvatarError(ValueError):
+    """An avatar photo cannot be used (message is one clear sentence naming the file)."""
+
+
+@dataclass
+class Avatar:
+    name: str
+    path: Path
+    crop_bgr: np.ndarray  # (size, size, 3) uint8, the face framed like the driving crop
+    landmarks: FaceLandmarks  # in crop pixels
+
+
+def find_avatar_files(paths: list[Path]) -> list[Path]:
+    """Photos named directly, plus the photos inside named folders (sorted by name, not recursive).
+
+    A missing path without an extension counts as an empty folder (like the default `avatars/` on
+    first run); any other missing path is returned as is, so loading it reports it by name.
+    """
+    files: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in AVATAR_EXTENSIONS and p.is_file())
+        elif path.exists() or path.suffix:
+            files.append(path)
+    return files
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A BGR uint8 image, or AvatarError. Decodes from bytes so non-ASCII paths work on every OS."""
+    if not path.is_file():
+        raise AvatarError(f"Avatar {path} does not exist; pass a jpg/png/webp photo or a folder with --avatar.")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise AvatarError(f"Avatar {path} is not a readable image; use a jpg, png or webp photo.")
+    return image
+
+
+def face_of(image_bgr: np.ndarray, path: Path, detector: FaceMeshDetector) -> FaceLandmarks:
+    """The one face of an avatar photo, or AvatarError saying what is wrong with the photo."""
+    height, width = image_bgr.shape[:2]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise AvatarError(f"Avatar {path} is too small ({width}x{height} px); use a photo at least "
+                          f"{MIN_IMAGE_SIDE} px on each side.")
+    faces = detector.detect_all(image_bgr)
+    if not faces:
+        raise AvatarError(f"No face found in avatar {path}; use a photo with one clearly visible, "
+                          f"roughly frontal face.")
+    if len(faces) > 1:
+        raise AvatarError(f"Avatar {path} shows {len(faces)} faces; crop it to the one face to animate.")
+    face = faces[0]
+    x0, y0, x1, y1 = face.box
+    if max(x1 - x0, y1 - y0) < MIN_FACE_SIDE:
+        raise AvatarError(f"The face in avatar {path} is too small ({max(x1 - x0, y1 - y0):.0f} px); "
+                          f"use a photo where the face is at least {MIN_FACE_SIDE} px wide.")
+    return face
+
+
+def load_avatar(path: Path, size: int, detector: FaceMeshDetector, margin: float = 0.3) -> Avatar:
+    """One validated avatar cropped around its face; AvatarError if the photo cannot be used."""
+    path = Path(path)
+    image = read_image(path)
+    face = face_of(image, path, detector)
+    crop_bgr, matrix = crop_square(image, square_face_box(face, margin), size)
+    return Avatar(path.stem, path, crop_bgr, face.transformed(matrix, (size, size)))
+
+
+def load_avatars(paths: list[Path], size: int, margin: float = 0.3) -> list[Avatar]:
+    """Every usable avatar under `paths`; unusable ones are reported one line each and skipped.
+
+    Raises AvatarError when none is usable, with the fix for an empty or missing avatars folder.
+    """
+    files = find_avatar_files(paths)
+    if not files:
+        shown = ", ".join(str(p) for p in paths)
+        raise AvatarError(f"No avatar photos in {shown} (missing or empty folder); pass --avatar photo.jpg, "
+                          f"drop jpg/png/webp photos there, or run once with --demo for two sample photos.")
+    avatars, problems = [], []
+    # max_faces=2 only to tell "one face" from "several faces".
+    with FaceMeshDetector(static=True, max_faces=2) as detector:
+        for path in files:
+            try:
+                avatars.append(load_avatar(path, size, detector, margin))
+            except AvatarError as exc:
+                problems.append(str(exc))
+    if not avatars:
+        if len(problems) == 1:
+            raise AvatarError(problems[0])
+        for problem in problems:
+            log.warning("%s", problem)
+        raise AvatarError(f"None of the {len(problems)} avatar photos can be used (reasons above).")
+    for problem in problems:
+        log.warning("skipped: %s", problem)
+    return avatars
+
+
+def write_demo_avatars(folder: Path) -> list[Path]:
+    """Write two public-domain photos that ship with installed packages (NASA's astronaut portrait
+    from scikit-image, Grace Hopper from matplotlib) into `folder`; existing files are kept."""
+    import matplotlib.cbook
+    import skimage.data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    astronaut = folder / "astronaut.png"
+    if not astronaut.exists():
+        cv2.imwrite(str(astronaut), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    hopper = folder / "grace_hopper.jpg"
+    if not hopper.exists():
+        shutil.copyfile(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), hopper)
+    return [astronaut, hopper]

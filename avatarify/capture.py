@@ -1,0 +1,239 @@
+"""Frame sources: a video file read frame by frame (none dropped, with a progress bar), or a live
+webcam read on a background thread that keeps only the newest frame (stale frames are dropped,
+never queued, so latency stays one frame at most).
+
+Input: a webcam index or a video file path. Output: `CapturedFrame` (BGR uint8 frame, capture
+timestamp from `time.perf_counter()` taken when the frame was read, index in the source).
+`open_frame_source` picks the reader; both readers iterate the same way and have `close()`.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import cv2
+import numpy as np
+
+
+log = logging.getLogger(__name__)
+
+
+class CaptureError(RuntimeError):
+    """A frame source could not be opened or read (message is one clear sentence)."""
+
+
+@dataclass
+class CapturedFrame:
+    frame_bgr: np.ndarray
+    timestamp: float  # time.perf_counter() when the frame was read
+    index: int
+
+
+@dataclass
+class VideoInfo:
+    fps: float
+    frame_count: int
+    width: int
+    height: int
+
+
+def open_video_file(path: str | Path) -> tuple[cv2.VideoCapture, VideoInfo]:
+    """Open a video file for reading, or raise CaptureError saying why it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaptureError(f"Video file {path} does not exist; check the path given to --camera.")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise CaptureError(f"Cannot read {path} as a video; use an mp4/avi/mov file OpenCV can decode.")
+    info = VideoInfo(
+        fps=cap.get(cv2.CAP_PROP_FPS) or 30.0,
+        frame_count=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
+        width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+    )
+    return cap, info
+
+
+def iter_video_frames(path: str | Path, max_frames: int | None = None,
+                      progress: bool = True) -> Iterator[CapturedFrame]:
+    """Every frame of a video file, in order, with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    cap, info = open_video_file(path)
+    total = info.frame_count if max_frames is None else min(info.frame_count, max_frames)
+    try:
+        with tqdm(total=total or None, unit="frame", desc=Path(path).name, disable=not progress,
+                  leave=False) as bar:
+            index = 0
+            while max_frames is None or index < max_frames:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                yield CapturedFrame(frame, time.perf_counter(), index)
+                index += 1
+                bar.update(1)
+    finally:
+        cap.release()
+
+
+class VideoFileSource:
+    """Every frame of a video file, in order; `fps` is the file's own frame rate."""
+
+    live = False
+
+    def __init__(self, path: str | Path, max_frames: int | None = None, progress: bool = True) -> None:
+        cap, self.info = open_video_file(path)  # fail now, with the reason, not at the first frame
+        cap.release()
+        self.path = Path(path)
+        self.fps = self.info.fps
+        self.dropped = 0
+        self._frames = iter_video_frames(path, max_frames=max_frames, progress=progress)
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def __iter__(self) -> Iterator[CapturedFrame]:
+        return self._frames
+
+    def close(self) -> None:
+        self._frames.close()
+
+
+class FrameReader(Protocol):
+    """What LiveCamera reads from: cv2.VideoCapture, or a stand-in in tests."""
+
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+
+    def release(self) -> None: ...
+
+
+class LiveCamera:
+    """A webcam read on a background thread; `read()` returns the newest frame not yet returned.
+
+    A frame that is replaced before anyone read it counts in `dropped`: under load the app always
+    animates the most recent picture of the user instead of working through a backlog.
+    """
+
+    live = True
+
+    def __init__(self, reader: FrameReader, name: str, fps: float = 30.0,
+                 max_failures: int = 60, first_frame_timeout_s: float = 5.0,
+                 max_frames: int | None = None) -> None:
+        self.name = name
+        self.fps = fps
+        self.dropped = 0
+        self._reader = reader
+        self._max_failures = max_failures
+        self._first_frame_timeout_s = first_frame_timeout_s
+        self._max_frames = max_frames
+        self._latest: CapturedFrame | None = None
+        self._failed = False
+        self._stopping = threading.Event()
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read_forever, name=f"camera {name}", daemon=True)
+        self._thread.start()
+
+    def _read_forever(self) -> None:
+        failures, index = 0, 0
+        while not self._stopping.is_set():
+            ok, frame = self._reader.read()
+            stamp = time.perf_counter()
+            if not ok or frame is None:
+                failures += 1
+                if failures >= self._max_failures:
+                    break
+                time.sleep(0.005)  # a hiccup, not the end: let the driver recover
+                continue
+            failures = 0
+            with self._changed:
+                if self._latest is not None:
+                    self.dropped += 1
+                self._latest = CapturedFrame(frame, stamp, index)
+                self._changed.notify_all()
+            index += 1
+        with self._changed:
+            self._failed = not self._stopping.is_set()
+            self._changed.notify_all()
+
+    def read(self, timeout_s: float = 2.0) -> CapturedFrame:
+        """The newest frame, waiting for one newer than the last returned; CaptureError if none comes."""
+        with self._changed:
+            ready = self._changed.wait_for(
+                lambda: self._latest is not None or self._failed or self._stopping.is_set(), timeout_s)
+            if self._latest is None:
+                if self._stopping.is_set():
+                    raise CaptureError(f"Camera {self.name} was closed.")
+                reason = "stopped delivering frames" if self._failed or ready else \
+                    f"delivered no frame within {timeout_s:.0f} s"
+                raise CaptureError(f"Camera {self.name} {reason}; check that no other app is using it.")
+            frame, self._latest = self._latest, None
+            return frame
+
+    def __iter__(self) -> Iterator[CapturedFrame]:
+        count = 0
+        timeout = self._first_frame_timeout_s
+        while self._max_frames is None or count < self._max_frames:
+            if self._stopping.is_set():
+                return
+            yield self.read(timeout)
+            timeout = 2.0
+            count += 1
+
+    def close(self) -> None:
+        self._stopping.set()
+        with self._changed:
+            self._changed.notify_all()
+        self._thread.join(timeout=2.0)
+        self._reader.release()
+
+
+def _camera_backends() -> list[tuple[int, str]]:
+    """OpenCV capture backends worth trying on this OS, most reliable first."""
+    system = platform.system()
+    if system == "Linux":
+        return [(cv2.CAP_V4L2, "V4L2"), (cv2.CAP_ANY, "OpenCV's default backend")]
+    if system == "Windows":
+        return [(cv2.CAP_DSHOW, "DirectShow"), (cv2.CAP_MSMF, "Media Foundation")]
+    if system == "Darwin":
+        return [(cv2.CAP_AVFOUNDATION, "AVFoundation")]
+    return [(cv2.CAP_ANY, "OpenCV's default backend")]
+
+
+def open_camera(index: int, width: int = 640, height: int = 480,
+                max_frames: int | None = None) -> LiveCamera:
+    """Open webcam `index` and start its reader thread, or raise CaptureError naming what was tried."""
+    tried = []
+    previous_level = cv2.getLogLevel()
+    cv2.setLogLevel(0)  # OpenCV prints its own multi-line warnings for every failed probe
+    try:
+        for api, api_name in _camera_backends():
+            device = f"/dev/video{index}" if api == cv2.CAP_V4L2 else f"index {index}"
+            tried.append(f"{api_name} {device}")
+            cap = cv2.VideoCapture(index, api)
+            if cap.isOpened():
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+                cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # a driver-side queue would add latency
+                fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+                log.info("camera %d opened with %s (%dx%d)", index, api_name,
+                         int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+                return LiveCamera(cap, name=str(index), fps=fps, max_frames=max_frames)
+            cap.release()
+    finally:
+        cv2.setLogLevel(previous_level)
+    raise CaptureError(f"No camera found at index {index} (tried {' and '.join(tried)}); connect a "
+                       f"webcam, pick another with --camera N, or pass a video file with --camera FILE.")
+
+
+def open_frame_source(camera: int | Path, max_frames: int | None = None, width: int = 640,
+                      height: int = 480, progress: bool = True) -> VideoFileSource | LiveCamera:
+    """A webcam index → LiveCamera (newest frame only); a path → VideoFileSource (every frame)."""
+    if isinstance(camera, int):
+        return open_camera(camera, width, height, max_frames)
+    return VideoFileSource(camera, max_frames=max_frames, progress=progress)

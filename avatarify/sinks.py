@@ -1,0 +1,179 @@
+"""Where animated frames go: a virtual camera, the preview window, an mp4 file.
+
+Input: BGR uint8 frames of any size (the avatar at engine size, or the camera frame in
+passthrough). Each sink scales and pads frames to its own frame size, keeping the aspect ratio.
+Output: the virtual camera device (pyvirtualcam: v4l2loopback on Linux, OBS on Windows/macOS),
+an OpenCV window (which also reads the hotkeys), or a video file.
+A sink that cannot start raises SinkError with one line saying how to fix it; the app decides
+whether to go on without it.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+KEY_NONE = -1
+
+
+class SinkError(RuntimeError):
+    """A sink cannot be used (message is one line with the fix)."""
+
+
+class Sink(Protocol):
+    def send(self, frame_bgr: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def fit_to_canvas(frame_bgr: np.ndarray, width: int, height: int) -> np.ndarray:
+    """`frame_bgr` scaled to fit (width, height) with its aspect ratio kept, centred on black."""
+    frame_h, frame_w = frame_bgr.shape[:2]
+    if (frame_w, frame_h) == (width, height):
+        return frame_bgr
+    scale = min(width / frame_w, height / frame_h)
+    new_w, new_h = max(1, round(frame_w * scale)), max(1, round(frame_h * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(frame_bgr, (new_w, new_h), interpolation=interpolation)
+    if (new_w, new_h) == (width, height):
+        return resized
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    x, y = (width - new_w) // 2, (height - new_h) // 2
+    canvas[y:y + new_h, x:x + new_w] = resized
+    return canvas
+
+
+# ---------------------------------------------------------------------------------------------
+# Virtual camera
+
+
+def virtual_camera_fix() -> str:
+    """How to get a virtual camera on this OS, in one sentence."""
+    system = platform.system()
+    if system == "Linux":
+        return ("load v4l2loopback: sudo apt install v4l2loopback-dkms && sudo modprobe v4l2loopback "
+                "devices=1 exclusive_caps=1 card_label=Avatarify")
+    if system in ("Windows", "Darwin"):
+        return ("install OBS Studio 30 or newer and start its virtual camera once "
+                "(Start Virtual Camera in OBS's Controls dock), then stop it and run this again")
+    return "this OS has no virtual camera backend in pyvirtualcam"
+
+
+class VirtualCameraSink:
+    """Frames to a virtual camera that video-call apps list as a webcam.
+
+    Output frames are (height, width) — 1280x720 by default, what call apps expect of a webcam —
+    with the avatar scaled to fit and padded with black.
+    """
+
+    def __init__(self, width: int = 1280, height: int = 720, fps: float = 30.0,
+                 backend: str | None = None, device: str | None = None) -> None:
+        import pyvirtualcam
+
+        self.width, self.height = width, height
+        try:
+            self._camera = pyvirtualcam.Camera(width, height, fps, fmt=pyvirtualcam.PixelFormat.BGR,
+                                               backend=backend, device=device)
+        except (RuntimeError, KeyError, ValueError, OSError) as exc:
+            # pyvirtualcam's reason can run long; its first sentence names the missing device.
+            detail = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+            log.debug("virtual camera failed: %s", exc)
+            raise SinkError(f"No virtual camera available ({detail}); to fix, {virtual_camera_fix()}. "
+                            f"Going on without it.") from None
+        self.device = self._camera.device
+        log.info("virtual camera: %s (%s, %dx%d)", self.device, self._camera.backend, width, height)
+
+    def send(self, frame_bgr: np.ndarray) -> None:
+        self._camera.send(np.ascontiguousarray(fit_to_canvas(frame_bgr, self.width, self.height)))
+
+    def close(self) -> None:
+        self._camera.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Video file
+
+
+class VideoFileSink:
+    """Frames to an mp4 file (MPEG-4 part 2, which every OpenCV build can write), at a fixed size."""
+
+    def __init__(self, path: Path, fps: float, width: int, height: int) -> None:
+        self.path = Path(path)
+        self.width, self.height = width, height
+        if not self.path.parent.is_dir():
+            raise SinkError(f"Cannot write {self.path}: folder {self.path.parent} does not exist.")
+        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not self._writer.isOpened():
+            raise SinkError(f"Cannot write video file {self.path}; use an .mp4 name in a writable folder.")
+        self.frames = 0
+
+    def send(self, frame_bgr: np.ndarray) -> None:
+        self._writer.write(fit_to_canvas(frame_bgr, self.width, self.height))
+        self.frames += 1
+
+    def close(self) -> None:
+        self._writer.release()
+        log.info("wrote %d frames to %s", self.frames, self.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preview window
+
+
+def display_problem() -> str | None:
+    """Why no window can be shown here, or None if one can. OpenCV's Qt backend aborts the whole
+    process when it cannot reach a display, so this must be checked before opening a window."""
+    if platform.system() in ("Windows", "Darwin"):
+        return None
+    if not os.environ.get("DISPLAY"):
+        if os.environ.get("WAYLAND_DISPLAY"):
+            return "OpenCV's window needs X11 (XWayland), and DISPLAY is not set"
+        return "no display (DISPLAY is not set)"
+    library = ctypes.util.find_library("X11")
+    if library is None:
+        return None  # cannot probe; trust DISPLAY
+    xlib = ctypes.cdll.LoadLibrary(library)
+    xlib.XOpenDisplay.restype = ctypes.c_void_p
+    xlib.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    xlib.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    handle = xlib.XOpenDisplay(None)
+    if not handle:
+        return f"cannot connect to display {os.environ['DISPLAY']}"
+    xlib.XCloseDisplay(handle)
+    return None
+
+
+class PreviewWindow:
+    """An OpenCV window showing the preview; `show` returns the key pressed (or KEY_NONE)."""
+
+    def __init__(self, title: str = "avatarify") -> None:
+        problem = display_problem()
+        if problem is not None:
+            raise SinkError(f"No preview window: {problem}. Going on without it "
+                            f"(--no-preview skips this check; Ctrl+C stops).")
+        self.title = title
+        cv2.namedWindow(title, cv2.WINDOW_AUTOSIZE)
+        self._shown = False
+        log.info("preview window open (hotkeys: q or Esc quits, i shows the HUD; see README)")
+
+    def show(self, image_bgr: np.ndarray) -> int:
+        cv2.imshow(self.title, image_bgr)
+        self._shown = True
+        return cv2.waitKey(1)
+
+    def closed_by_user(self) -> bool:
+        """True once the user closed the window with the mouse."""
+        return self._shown and cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
+
+    def close(self) -> None:
+        cv2.destroyWindow(self.title)
+        cv2.waitKey(1)  # lets the GUI thread process the close

@@ -1,0 +1,299 @@
+"""The app end to end on a synthesized driving clip, its calibration and hotkey effects, the engine
+choice, and the errors a user can cause (one line, exit code 2, no traceback)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from avatarify.app import LiveApp, choose_engine
+from avatarify.avatars import load_avatars
+from avatarify.capture import iter_video_frames
+from avatarify.config import Settings, build_parser
+from avatarify.engines.base import Animator, AnimatorError
+from avatarify.hotkeys import handle_key
+from avatarify.stats import Stats
+from conftest import ROOT
+
+CLIP_FRAMES = 30
+CONTRACT_FLAGS = ("--avatar", "--camera", "--engine", "--checkpoint", "--backend", "--device", "--size",
+                  "--output", "--virtual-cam", "--no-virtual-cam", "--no-preview", "--max-frames", "--stats")
+
+
+class RecordingAnimator(Animator):
+    """Records what the app asks of an engine; 'animates' by returning the avatar unchanged."""
+
+    name = "recording"
+
+    def __init__(self, size: int = 256) -> None:
+        super().__init__(size)
+        self.avatars: list[np.ndarray] = []
+        self.neutrals: list = []
+        self.calls: list[tuple[float, float, str]] = []  # (motion_scale, strength, region)
+
+    def set_avatar(self, avatar_bgr, landmarks) -> None:
+        self.avatars.append(avatar_bgr)
+
+    def set_neutral(self, driving) -> None:
+        self.neutrals.append(driving)
+
+    def animate(self, driving) -> np.ndarray:
+        self.calls.append((driving.motion_scale, self.strength, self.region))
+        return self.avatars[-1]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from bench.clips import make_clip, write_clip
+
+    frames, truth = make_clip("astronaut", "mixed", frames=CLIP_FRAMES, size=256)
+    video, _ = write_clip(tmp_path_factory.mktemp("clip") / "astronaut_mixed", frames, truth)
+    return video, frames
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, astronaut_bgr, grace_hopper_bgr) -> Path:
+    folder = tmp_path_factory.mktemp("avatars")
+    cv2.imwrite(str(folder / "1_hopper.jpg"), grace_hopper_bgr)
+    cv2.imwrite(str(folder / "2_astronaut.png"), astronaut_bgr)
+    cv2.imwrite(str(folder / "blank.png"), np.full((200, 200, 3), 127, np.uint8))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def avatars(photos):
+    return load_avatars([photos / "1_hopper.jpg", photos / "2_astronaut.png"], size=256)
+
+
+@pytest.fixture
+def app(avatars):
+    settings = Settings(avatar=[a.path for a in avatars], preview=False, virtual_cam=False)
+    live = LiveApp(settings, RecordingAnimator(), avatars, source=None, sinks=[], preview=None, stats=Stats())
+    yield live
+    live.close()
+
+
+def drive(app: LiveApp, frames, start: float = 0.0, fps: float = 30.0) -> list[np.ndarray]:
+    return [app.step(frame, start + index / fps) for index, frame in enumerate(frames)]
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_live.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# --- end to end --------------------------------------------------------------------------------------
+
+
+def test_clip_to_mp4_end_to_end_with_stats(clip, photos, tmp_path):
+    video, driving_frames = clip
+    out, stats_path = tmp_path / "out.mp4", tmp_path / "stats.json"
+    result = run_cli("--avatar", str(photos / "1_hopper.jpg"), "--camera", str(video), "--engine", "mesh",
+                     "--output", str(out), "--stats", str(stats_path), "--no-preview", "--no-virtual-cam")
+    assert result.returncode == 0, result.stderr
+    assert "engine: mesh" in result.stderr
+
+    frames = [f.frame_bgr for f in iter_video_frames(out, progress=False)]
+    assert len(frames) == CLIP_FRAMES and frames[0].shape == (256, 256, 3)
+    face = (slice(64, 192), slice(64, 192))  # the avatar crop puts the face in the middle
+    output_change = np.array([np.abs(f[face].astype(float) - frames[0][face]).mean() for f in frames])
+    driver_change = np.array([np.abs(f.astype(float) - driving_frames[0]).mean() for f in driving_frames])
+    assert output_change.max() > 2.0  # the face moves...
+    assert np.corrcoef(output_change, driver_change)[0, 1] > 0.5  # ...when and as much as the driver's
+
+    stats = json.loads(stats_path.read_text())
+    assert {"frames", "fps", "engine", "backend", "providers", "stages_ms", "latency_ms", "peak_rss_mb",
+            "startup_s"} <= stats.keys()
+    assert stats["frames"] == CLIP_FRAMES and stats["engine"] == "mesh" and stats["providers"]
+    assert {"detect", "crop", "animate", "sinks"} <= stats["stages_ms"].keys()
+    assert 0 < stats["latency_ms"]["p50"] <= stats["latency_ms"]["p95"]
+    assert stats["fps"] > 0 and stats["peak_rss_mb"] > 0 and 0 < stats["startup_s"] < 60
+
+
+def test_help_lists_every_contract_flag():
+    text = build_parser().format_help()
+    for flag in CONTRACT_FLAGS:
+        assert flag in text
+
+
+def test_demo_fills_the_default_avatars_folder(clip, tmp_path):
+    result = run_cli("--demo", "--camera", str(clip[0]), "--engine", "mesh", "--max-frames", "2",
+                     "--no-preview", "--no-virtual-cam", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "avatars").iterdir()) == ["astronaut.png", "grace_hopper.jpg"]
+    assert "2 avatars loaded" in result.stderr
+
+
+# --- errors a user can cause -------------------------------------------------------------------------
+
+
+def user_error_cases(photos: Path, video: Path, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    junk_checkpoint = tmp_path / "vox-adv-cpk.pth.tar"
+    junk_checkpoint.write_bytes(b"definitely not a torch checkpoint")
+    junk_video = tmp_path / "junk.mp4"
+    junk_video.write_text("no video here")
+    good = ["--avatar", str(photos / "1_hopper.jpg")]
+    return {
+        "missing camera": ([*good, "--camera", "57"], "No camera found at index 57"),
+        "avatar without a face": (["--avatar", str(photos / "blank.png"), "--camera", str(video)], "No face"),
+        "missing avatar": (["--avatar", str(tmp_path / "nobody.jpg"), "--camera", str(video)], "does not exist"),
+        "empty avatars folder": (["--avatar", str(tmp_path), "--camera", str(video)], "--demo"),
+        "unreadable checkpoint": ([*good, "--camera", str(video), "--checkpoint", str(junk_checkpoint),
+                                   "--cache-dir", str(tmp_path / "cache")], "not a PyTorch checkpoint"),
+        "missing checkpoint": ([*good, "--camera", str(video), "--engine", "fomm", "--checkpoint",
+                                str(tmp_path / "nope.pth.tar")], "does not exist"),
+        "unreadable video": ([*good, "--camera", str(junk_video)], "Cannot read"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing camera", "avatar without a face", "missing avatar",
+                                  "empty avatars folder", "unreadable checkpoint", "missing checkpoint",
+                                  "unreadable video"])
+def test_user_errors_end_in_one_line_and_exit_code_2(case, photos, clip, tmp_path):
+    args, expected = user_error_cases(photos, clip[0], tmp_path)[case]
+    result = run_cli(*args, "--no-preview", "--no-virtual-cam", "--max-frames", "3")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == errors[0]
+
+
+def test_first_run_without_avatars_says_how_to_get_some(clip, tmp_path):
+    result = run_cli("--camera", str(clip[0]), "--no-preview", "--no-virtual-cam", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: No avatar photos in avatars (missing or empty folder); pass --avatar photo.jpg, drop "
+        "jpg/png/webp photos there, or run once with --demo for two sample photos."]
+
+
+# --- engine choice -----------------------------------------------------------------------------------
+
+
+def test_engine_auto_takes_fomm_only_with_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr("avatarify.app.find_default_checkpoint", lambda: None)
+    assert choose_engine(Settings())[0] == "mesh"
+    checkpoint = tmp_path / "vox.pth.tar"
+    assert choose_engine(Settings(checkpoint=checkpoint))[:2] == ("fomm", checkpoint)
+    assert choose_engine(Settings(engine="mesh", checkpoint=checkpoint))[:2] == ("mesh", None)
+    with pytest.raises(AnimatorError, match="needs the FOMM checkpoint"):
+        choose_engine(Settings(engine="fomm"))
+    monkeypatch.setattr("avatarify.app.find_default_checkpoint", lambda: checkpoint)
+    name, found, why = choose_engine(Settings())
+    assert (name, found) == ("fomm", checkpoint) and "found" in why
+
+
+# --- calibration, face lost and hotkey effects (in-process, recording engine) ------------------------
+
+
+def test_first_face_is_the_neutral_and_c_recalibrates(app, clip):
+    frames = clip[1]
+    drive(app, frames[:5])
+    assert len(app.animator.neutrals) == 1 and app.animator.neutrals[0].landmarks is not None
+    assert len(app.animator.calls) == 5
+    handle_key(ord("c"), app.controls)
+    drive(app, frames[5:7], start=1.0)
+    assert len(app.animator.neutrals) == 2 and not app.controls.calibrate
+
+
+def test_find_best_frame_keeps_the_best_matching_neutral(app, clip):
+    frames = clip[1]
+    drive(app, frames[:1])
+    handle_key(ord("f"), app.controls)
+    drive(app, frames, start=1.0)
+    neutrals = app.animator.neutrals[1:]
+    assert 1 <= len(neutrals) < len(frames)  # updated only when the match improved
+    assert app.best_score <= app.match_score
+    assert "match" in app._status()[-1]
+
+
+def test_face_lost_eases_motion_to_zero_then_resumes(app, clip):
+    frames = clip[1]
+    drive(app, frames[:3])
+    blank = np.full_like(frames[0], 90)
+    drive(app, [blank] * 40, start=1.0)
+    scales = [call[0] for call in app.animator.calls[3:]]
+    assert scales[0] == 1.0 and scales[-1] == 0.0
+    assert all(b <= a for a, b in zip(scales, scales[1:]))
+    drive(app, frames[3:5], start=3.0)
+    assert app.animator.calls[-1][0] == 1.0
+
+
+def test_no_face_yet_shows_the_still_avatar(app, avatars):
+    blank = np.full((256, 256, 3), 90, np.uint8)
+    outputs = drive(app, [blank] * 3)
+    assert not app.animator.calls and all(o is avatars[0].crop_bgr for o in outputs)
+
+
+def test_strength_region_passthrough_and_avatar_keys_reach_the_engine(app, clip, avatars):
+    frames = clip[1]
+    drive(app, frames[:2])
+    for key in "++r":
+        handle_key(ord(key), app.controls)
+    drive(app, frames[2:3], start=1.0)
+    assert app.animator.calls[-1][1:] == (pytest.approx(1.2), "expression")
+
+    neutrals_before = len(app.animator.neutrals)
+    handle_key(ord("2"), app.controls)
+    drive(app, frames[3:5], start=2.0)
+    assert app.animator.avatars[-1] is avatars[1].crop_bgr
+    assert len(app.animator.neutrals) == neutrals_before + 1  # the neutral follows the new avatar
+
+    handle_key(ord("p"), app.controls)
+    output = app.step(frames[5], 3.0)
+    assert output is frames[5]
+
+
+def test_reload_keeps_the_current_avatar(app, clip):
+    handle_key(ord("2"), app.controls)
+    app.step(clip[1][0], 0.0)
+    current = app.avatar.path
+    handle_key(ord("l"), app.controls)
+    app.step(clip[1][1], 0.1)
+    assert app.controls.message == "2 avatars loaded"
+    assert app.avatar.path == current and len(app.avatars) == 2
+
+
+class ScriptedPreview:
+    """A preview window stand-in: keeps what it is shown and 'presses' the scripted keys."""
+
+    def __init__(self, keys: str) -> None:
+        self.keys = list(keys)
+        self.images: list[np.ndarray] = []
+
+    def show(self, image_bgr: np.ndarray) -> int:
+        self.images.append(image_bgr)
+        return ord(self.keys.pop(0)) if self.keys else -1
+
+    def closed_by_user(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_preview_shows_driver_and_avatar_with_hud_and_its_keys_drive_the_app(avatars, clip):
+    preview = ScriptedPreview(".o.q")
+    settings = Settings(avatar=[a.path for a in avatars], preview=False, virtual_cam=False)
+    live = LiveApp(settings, RecordingAnimator(), avatars, source=None, sinks=[], preview=preview, stats=Stats())
+    try:
+        drive(live, clip[1][:4])
+    finally:
+        live.close()
+    assert all(image.shape == (256, 512, 3) for image in preview.images)
+    assert live.controls.overlay and live.controls.quit
+    plain, with_overlay = preview.images[1], preview.images[2]
+    assert np.abs(with_overlay[:, :256].astype(int) - plain[:, :256]).sum() > 0  # dots over the driver
+
+
+def test_ci_runs_the_readme_setup_and_test_commands():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    for command in ("python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt",
+                    "pip install -r requirements-dev.txt && python -m pytest -q"):
+        assert command in readme and command in ci

@@ -1,0 +1,177 @@
+"""Sinks: the virtual camera gets every frame at camera size; a missing device or display is one
+line with the fix and the app goes on; the preview window opens under a virtual X display."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pyvirtualcam
+
+from avatarify.app import animate_file, run
+from avatarify.config import Settings
+from avatarify.sinks import SinkError, VideoFileSink, VirtualCameraSink, fit_to_canvas
+from conftest import ROOT
+
+MEMORY_BACKEND = "avatarify-test-memory"
+
+
+class MemoryBackend:
+    """A pyvirtualcam backend that keeps what it is sent, registered in-process for the tests."""
+
+    instances: list["MemoryBackend"] = []
+
+    def __init__(self, *, width, height, fps, fourcc, device, **kwargs) -> None:
+        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
+        self.frames: list[np.ndarray] = []
+        self.closed = False
+        MemoryBackend.instances.append(self)
+
+    def send(self, frame: np.ndarray) -> None:
+        self.frames.append(frame.copy())
+
+    def close(self) -> None:
+        self.closed = True
+
+    def device(self) -> str:
+        return "memory"
+
+    def native_fourcc(self):
+        return None
+
+
+class BrokenBackend(MemoryBackend):
+    def __init__(self, **kwargs) -> None:
+        raise RuntimeError("device busy. More details follow here.")
+
+
+pyvirtualcam.register_backend(MEMORY_BACKEND, MemoryBackend)
+pyvirtualcam.register_backend("avatarify-test-broken", BrokenBackend)
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory) -> Path:
+    from bench.clips import make_clip, write_clip
+
+    frames, truth = make_clip("astronaut", "mixed", frames=24, size=256)
+    video, _ = write_clip(tmp_path_factory.mktemp("clip") / "astronaut_mixed", frames, truth)
+    return video
+
+
+@pytest.fixture(scope="module")
+def avatar_path(tmp_path_factory, grace_hopper_bgr) -> Path:
+    import cv2
+
+    path = tmp_path_factory.mktemp("avatar") / "hopper.jpg"
+    cv2.imwrite(str(path), grace_hopper_bgr)
+    return path
+
+
+def test_fit_to_canvas_keeps_aspect_and_centres_on_black():
+    square = np.full((256, 256, 3), 200, np.uint8)
+    canvas = fit_to_canvas(square, 1280, 720)
+    assert canvas.shape == (720, 1280, 3)
+    assert canvas[:, 280:1000].min() == 200 and canvas[:, :280].max() == 0 and canvas[:, 1000:].max() == 0
+    wide = np.full((480, 640, 3), 90, np.uint8)
+    boxed = fit_to_canvas(wide, 256, 256)
+    assert boxed.shape == (256, 256, 3) and boxed[:32].max() == 0 and boxed[40:210].min() == 90
+    assert fit_to_canvas(square, 256, 256) is square
+
+
+def test_virtual_camera_receives_every_frame_at_camera_size(clip_path, avatar_path):
+    MemoryBackend.instances.clear()
+    settings = Settings(avatar=[avatar_path], camera=clip_path, engine="mesh", preview=False,
+                        virtual_cam=True, virtual_cam_backend=MEMORY_BACKEND, cam_width=640, cam_height=360)
+    summary = run(settings)
+    (backend,) = MemoryBackend.instances
+    assert backend.closed and (backend.width, backend.height) == (640, 360)
+    assert len(backend.frames) == summary["frames"] == 24
+    frames = [f.reshape(360, 640, 3) for f in backend.frames]  # pyvirtualcam hands backends flat arrays
+    assert all(f.dtype == np.uint8 for f in frames)
+    assert frames[0][:, :140].max() == 0 and frames[0][:, 140:500].mean() > 40  # avatar centred, padded
+    moving = np.mean([np.abs(f.astype(int) - frames[0]).mean() for f in frames[1:]])
+    assert moving > 0.5  # the avatar moves with the driver
+
+
+def test_missing_virtual_camera_is_one_line_with_the_fix():
+    with pytest.raises(SinkError) as error:
+        VirtualCameraSink(backend="avatarify-test-broken")
+    message = str(error.value)
+    assert "device busy" in message and "More details" not in message and "\n" not in message
+    assert "modprobe v4l2loopback" in message or "OBS" in message
+
+
+def test_without_any_virtual_camera_device_the_app_goes_on(clip_path, avatar_path, tmp_path, caplog,
+                                                           monkeypatch):
+    for name in (MEMORY_BACKEND, "avatarify-test-broken"):  # only the OS's own backends count here
+        monkeypatch.delitem(pyvirtualcam.camera.BACKENDS, name)
+    try:
+        VirtualCameraSink().close()
+        pytest.skip("this machine has a virtual camera device")
+    except SinkError:
+        pass
+    summary = animate_file(avatar_path, clip_path, tmp_path / "out.mp4", engine="mesh", max_frames=3)
+    settings = Settings(avatar=[avatar_path], camera=clip_path, engine="mesh", preview=False, max_frames=3)
+    with caplog.at_level("WARNING"):
+        assert run(settings)["frames"] == summary["frames"] == 3
+    assert any("No virtual camera" in r.getMessage() for r in caplog.records)
+
+
+def test_unwritable_output_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SinkError, match="does not exist"):
+        VideoFileSink(tmp_path / "missing-folder" / "out.mp4", 30.0, 256, 256)
+
+
+def _start_xvfb() -> tuple[subprocess.Popen, str] | None:
+    if shutil.which("Xvfb") is None:
+        return None
+    for number in range(90, 100):
+        if Path(f"/tmp/.X11-unix/X{number}").exists():
+            continue
+        server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(50):
+            if Path(f"/tmp/.X11-unix/X{number}").exists():
+                return server, f":{number}"
+            if server.poll() is not None:
+                break
+            time.sleep(0.1)
+        server.kill()
+        server.wait()
+    return None
+
+
+@pytest.fixture
+def virtual_display():
+    started = _start_xvfb()
+    if started is None:
+        pytest.skip("Xvfb is not installed (apt install xvfb); the preview test needs a display")
+    server, display = started
+    yield display
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_preview_window_opens_on_a_display(virtual_display, clip_path, avatar_path):
+    env = {**os.environ, "DISPLAY": virtual_display}
+    result = subprocess.run([sys.executable, "run_live.py", "--avatar", str(avatar_path), "--camera",
+                             str(clip_path), "--engine", "mesh", "--no-virtual-cam", "--max-frames", "8"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "preview window open" in result.stderr
+    assert "No preview window" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_without_a_display_the_preview_is_skipped_with_one_line(clip_path, avatar_path):
+    env = {key: value for key, value in os.environ.items() if key not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    result = subprocess.run([sys.executable, "run_live.py", "--avatar", str(avatar_path), "--camera",
+                             str(clip_path), "--engine", "mesh", "--no-virtual-cam", "--max-frames", "3"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "preview" in line.lower()]
+    assert len(lines) == 1 and "no display" in lines[0]
