@@ -36,3 +36,26 @@ def astronaut_bgr() -> np.ndarray:
 @pytest.fixture(scope="session")
 def grace_hopper_bgr() -> np.ndarray:
     return load_grace_hopper_bgr()
+
+
+@pytest.fixture(scope="session")
+def fomm_checkpoint(tmp_path_factory) -> Path:
+    """Random FOMM weights saved in the official checkpoint layout (no download), once per session."""
+    from models.fomm.checkpoint import save_random_checkpoint
+
+    path = tmp_path_factory.getbasetemp() / "fomm-random.pth.tar"
+    return path if path.is_file() else save_random_checkpoint(path, seed=0)
+
+
+@pytest.fixture(scope="session")
+def fomm_cache_dir(tmp_path_factory) -> Path:
+    """The app's --cache-dir for the session: the ONNX export below lands where the app looks for it."""
+    return tmp_path_factory.getbasetemp() / "cache"
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(fomm_checkpoint, fomm_cache_dir) -> Path:
+    """The checkpoint exported and checked once per session, as the app's first run does."""
+    from export.onnx_export import cached_export
+
+    return cached_export(fomm_checkpoint, fomm_cache_dir / "fomm", progress=False)

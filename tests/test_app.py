@@ -115,6 +115,28 @@ def test_clip_to_mp4_end_to_end_with_stats(clip, photos, tmp_path):
     assert stats["fps"] > 0 and stats["peak_rss_mb"] > 0 and 0 < stats["startup_s"] < 60
 
 
+def test_fomm_engine_end_to_end_reuses_the_cached_export(clip, photos, fomm_checkpoint, fomm_cache_dir,
+                                                         onnx_dir, tmp_path):
+    # onnx_dir is the session's export into the app's cache layout: the app must find and reuse it.
+    manifest = onnx_dir / "manifest.json"
+    exported_at = manifest.stat().st_mtime_ns
+    video, _ = clip
+    out, stats_path = tmp_path / "fomm.mp4", tmp_path / "stats.json"
+    result = run_cli("--avatar", str(photos / "1_hopper.jpg"), "--camera", str(video), "--engine", "fomm",
+                     "--checkpoint", str(fomm_checkpoint), "--backend", "onnxruntime", "--device", "cpu",
+                     "--cache-dir", str(fomm_cache_dir), "--max-frames", "3", "--output", str(out),
+                     "--stats", str(stats_path), "--no-preview", "--no-virtual-cam")
+    assert result.returncode == 0, result.stderr
+    assert "engine: fomm" in result.stderr
+    assert manifest.stat().st_mtime_ns == exported_at  # not exported again
+    stats = json.loads(stats_path.read_text())
+    assert stats["engine"] == "fomm" and stats["frames"] == 3
+    assert stats["providers"] == ["CPUExecutionProvider"]  # what the session really runs on
+    frames = [f.frame_bgr for f in iter_video_frames(out, progress=False)]
+    assert len(frames) == 3 and frames[0].shape == (256, 256, 3)
+    assert all(f.std() > 5 for f in frames)  # a picture, not a blank frame
+
+
 def test_help_lists_every_contract_flag():
     text = build_parser().format_help()
     for flag in CONTRACT_FLAGS:
