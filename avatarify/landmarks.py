@@ -2,7 +2,9 @@
 
 Input: a BGR uint8 image. Output: `FaceLandmarks` (pixels of that image, a face box, a confidence)
 or None when no face is found. Tracking mode (live stream) reuses the previous face region between
-frames; static mode (avatar photos) detects from scratch on every call.
+frames; static mode (avatar photos) detects from scratch on every call. In tracking mode a frame on
+which the face is newly found is run again a few times (see `FaceMeshDetector.SETTLE_PASSES`), so the
+first landmarks (the app's default neutral) come from the same face-region rule as all later ones.
 
 Optional second backend: the `face-alignment` package (FAN, 68 iBUG points), behind the same
 interface. It is used only when the package is installed AND its weights are already in its cache
@@ -42,6 +44,12 @@ def _in_frame_fraction(points: np.ndarray, width: int, height: int) -> float:
 class FaceMeshDetector:
     """MediaPipe Face Mesh. `static=True` for photos, False for a video stream (tracking)."""
 
+    # A newly found face is landmarked on the detector's box; every later frame on a region derived
+    # from the previous landmarks, which lands the points ~0.8 px (mean) elsewhere on the same image.
+    # Three more passes on the first frame reach the tracked state (within its own ~0.3 px wobble),
+    # so a neutral calibrated on that frame matches the frames that follow.
+    SETTLE_PASSES = 3
+
     def __init__(self, static: bool = False, max_faces: int = 1,
                  min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5) -> None:
         import mediapipe as mp  # imported here so modules that only need the types stay light
@@ -54,6 +62,7 @@ class FaceMeshDetector:
             min_detection_confidence=min_detection_confidence,
             min_tracking_confidence=min_tracking_confidence,
         )
+        self._tracking = False  # tracking mode: a face was found on the previous frame
 
     def detect_all(self, frame_bgr: np.ndarray) -> list[FaceLandmarks]:
         """Every face found (up to `max_faces`), largest first."""
@@ -61,6 +70,10 @@ class FaceMeshDetector:
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         rgb.flags.writeable = False  # lets MediaPipe avoid a copy
         result = self._mesh.process(rgb)
+        if not self.static and not self._tracking and result.multi_face_landmarks:
+            for _ in range(self.SETTLE_PASSES):
+                result = self._mesh.process(rgb)
+        self._tracking = not self.static and bool(result.multi_face_landmarks)
         faces = []
         for face in result.multi_face_landmarks or []:
             pts = np.array([(p.x * width, p.y * height) for p in face.landmark], dtype=np.float32)

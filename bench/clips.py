@@ -8,12 +8,21 @@ How a frame is made: the photo's landmarks are detected once (Face Mesh, static 
 cropped around the face the way a webcam tracker would (crop about 2x the face width); expressions are
 drawn by this module's own local deformations, driven by the photo's landmarks (never by an engine, so
 measuring an engine on these clips is not circular):
-  - mouth: the lower lip and jaw are pushed down by a smooth displacement field; the tear that opens
-    between the lips is painted as a dark, shaded mouth cavity;
+  - mouth: the lower lip and jaw are pushed down by a smooth displacement field (the drop falls from
+    the chin to 0 at the jaw's ends, which hinge near the ears); the jaw slides over the neck, which
+    stays still with the collar; the tear that opens between the lips is painted as a dark, shaded
+    mouth cavity;
   - blink: the upper-lid skin is stretched down over the eye opening;
   - gaze: the iris disk is moved inside the eye opening, over an iris-free (inpainted) eye;
-then head motion (roll, shift, scale about the face centre) is one similarity warp, and sensor noise is
-Gaussian pixel noise. Frame 0 of every script is the neutral (undeformed, unmoved) face.
+then head motion (roll, shift, scale about the face centre) moves the head and leaves the room still,
+as in front of a webcam (the camera does not move when the user's head does): each output pixel shows
+the head's content moved by the similarity where the head now is, the unmoved photo far from it, and a
+smooth blend between. The blend weight is this module's own head model: 1 within HEAD_FULL face widths
+of the head outline (the face-mesh hull plus the cranium above it, which Face Mesh does not cover), 0
+beyond HEAD_STILL face widths, smoothstep between; it is evaluated where the content came from, so
+every pixel of the head moves rigidly and the landmarks follow the similarity exactly. The engine's own
+mesh ring is not used, so measuring an engine on these clips is not circular. Sensor noise is Gaussian
+pixel noise. Frame 0 of every script is the neutral (undeformed, unmoved) face.
 
 CLI: `python bench/clips.py --out DIR [--small]` writes every photo x script clip into DIR.
 
@@ -39,8 +48,8 @@ if __package__ in (None, ""):  # run as `python bench/clips.py`: make the repo r
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avatarify.datatypes import FaceLandmarks  # noqa: E402
-from avatarify.motion import (EYES, MOUTH_CORNERS, NUM_MESH_POINTS, EyeIndices, eye_open_ratio,  # noqa: E402
-                              mouth_open_ratio)
+from avatarify.motion import (EYES, FACE_OVAL, MOUTH_CORNERS, NUM_MESH_POINTS, EyeIndices,  # noqa: E402
+                              eye_open_ratio, mouth_open_ratio)
 from bench.common import read_json, setup_cli_logging, write_json  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -53,7 +62,13 @@ SCRIPTS = ("roll", "shift", "scale", "mouth", "blink", "gaze", "still_noise", "s
 # ---------------------------------------------------------------------------------------------------
 UPPER_INNER_LIP = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
 LOWER_INNER_LIP = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
-LOWER_LIP_BOTTOM, CHIN, FOREHEAD = 17, 152, 10
+LOWER_LIP_BOTTOM, CHIN = 17, 152
+
+# The head model of the scripted head motion, in face widths (see the module docstring). Face Mesh
+# stops at the upper forehead; the cranium (hair, a cap) reaches about SKULL_LIFT higher. Hair and ears
+# within HEAD_FULL of that outline move with the head; the room beyond HEAD_STILL does not move at all.
+# The band between is wide enough that the largest scripted motion cannot fold the frame.
+SKULL_LIFT, HEAD_FULL, HEAD_STILL = 0.3, 0.1, 0.5
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,10 +193,10 @@ def _curve_y(curve_xy: np.ndarray, xs: np.ndarray) -> np.ndarray:
 class _MouthRig:
     seam_y: np.ndarray  # (C,) where the lips part, per canvas column
     lip_profile: np.ndarray  # (C,) share of the opening per column: 1 mid-mouth, 0 at/after corners
-    jaw_profile: np.ndarray  # (C,) share of the jaw drop per column, wider than the mouth
+    jaw_profile: np.ndarray  # (C,) share of the jaw drop per column: 1 at the chin, 0 at the jaw's ends
+    jaw_y: np.ndarray  # (C,) the jaw outline (lower face oval); the neck below it does not move
     lower_lip_y: float  # below here the displacement blends from lip to jaw profile ...
     chin_y: float  # ... reaching the jaw profile at the chin
-    fade_px: float  # below the chin the drop fades out over this many px (neck and clothes stay)
     max_open_px: float
     width: float
 
@@ -213,6 +228,9 @@ class FaceRig:
         self.centre_xy = (size / 2.0, size / 2.0)
         grid_y, grid_x = np.mgrid[0:self.canvas_size, 0:self.canvas_size].astype(np.float32)
         self._grid_x, self._grid_y = grid_x, grid_y
+        self.head_weight = self._head_weight()
+        frame_y, frame_x = np.mgrid[0:size, 0:size].astype(np.float32)
+        self._frame_grid = np.stack([frame_x, frame_y], axis=-1)
         self.mouth = self._mouth_rig()
         self.eyes = [self._eye_rig(eye) for eye in EYES]
 
@@ -241,19 +259,31 @@ class FaceRig:
         centre_x, half_width = 0.5 * (left[0] + right[0]), 0.5 * abs(right[0] - left[0])
         seam = 0.5 * (_curve_y(p[list(UPPER_INNER_LIP)], xs) + _curve_y(p[list(LOWER_INNER_LIP)], xs))
         u = (xs - centre_x) / half_width
-        face_height = p[CHIN, 1] - p[FOREHEAD, 1]
         width = float(np.linalg.norm(right - left))
         return _MouthRig(
             seam_y=seam,
             lip_profile=np.clip(1.0 - u * u, 0.0, 1.0),  # lens-shaped opening, closed at the corners
-            jaw_profile=np.exp(-0.5 * (u / 1.6) ** 2),
+            jaw_profile=self._jaw_profile(xs),
+            jaw_y=_curve_y(self._jaw_outline(), xs),
             lower_lip_y=float(p[LOWER_LIP_BOTTOM, 1]),
             chin_y=float(p[CHIN, 1]),
-            # Long enough that the fade never folds the image (its slope stays well under 1).
-            fade_px=float(0.6 * face_height),
             max_open_px=0.45 * width,
             width=width,
         )
+
+    def _jaw_outline(self) -> np.ndarray:
+        """The face oval below the mouth corners: the jaw's lower edge, ear to ear, canvas px."""
+        oval = self.points[list(FACE_OVAL)]
+        return oval[oval[:, 1] > self.points[list(MOUTH_CORNERS), 1].max()]
+
+    def _jaw_profile(self, xs: np.ndarray) -> np.ndarray:
+        """Share of the chin's drop per column: the jaw hinges near the ears, so the drop falls
+        smoothly from the chin to 0 at each end of the jaw outline (and stays 0 beside the face)."""
+        jaw = self._jaw_outline()
+        chin_x = self.points[CHIN, 0]
+        reach = np.where(xs < chin_x, chin_x - jaw[:, 0].min(), jaw[:, 0].max() - chin_x)
+        u = np.abs(xs - chin_x) / np.maximum(reach, 1.0)
+        return 1.0 - _smoothstep(u * u)  # flat under the chin (a rigid bone), steeper near the hinge
 
     def _eye_rig(self, eye: EyeIndices) -> _EyeRig:
         p = self.points
@@ -275,6 +305,19 @@ class FaceRig:
         iris_free = self._paint_out_iris(roi, iris_centre, iris_radius, opening_mask)
         return _EyeRig(cols, upper, opening, float(1.2 * opening.max() + 2.0), width, roi, iris_centre,
                        iris_radius, opening_mask, iris_free)
+
+    def _head_weight(self) -> np.ndarray:
+        """float32 canvas field: 1 on the head, 0 on the room, smoothstep between (module docstring)."""
+        mesh = self.points[:NUM_MESH_POINTS]
+        width = float(np.ptp(mesh[:, 0]))
+        oval = self.points[list(FACE_OVAL)]
+        skull = oval[oval[:, 1] < np.median(oval[:, 1])] - [0.0, SKULL_LIFT * width]
+        hull = cv2.convexHull(np.round(np.concatenate([mesh, skull])).astype(np.int32))
+        room = np.full((self.canvas_size, self.canvas_size), 255, np.uint8)
+        cv2.fillConvexPoly(room, hull, 0)
+        distance = cv2.distanceTransform(room, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        band = (distance - HEAD_FULL * width) / ((HEAD_STILL - HEAD_FULL) * width)
+        return (1.0 - _smoothstep(band)).astype(np.float32)
 
     def _polygon_mask(self, polygon_xy: np.ndarray, roi: tuple[slice, slice]) -> np.ndarray:
         """Soft (anti-aliased) float32 mask of a polygon, in the coordinates of `roi`."""
@@ -335,22 +378,35 @@ class FaceRig:
         """Downward displacement of lower-face points at rows ys (broadcast against columns)."""
         m = self.mouth
         to_jaw = _smoothstep((ys - m.lower_lip_y) / max(m.chin_y - m.lower_lip_y, 1.0))
-        fade = 1.0 - _smoothstep((ys - m.chin_y) / m.fade_px)
-        return amount_px * (m.lip_profile * (1.0 - to_jaw) + m.jaw_profile * to_jaw) * fade
+        return amount_px * (m.lip_profile * (1.0 - to_jaw) + m.jaw_profile * to_jaw)
 
     def _mouth_rows(self, map_y: np.ndarray, amount_px: float) -> None:
-        """Push the lower lip and jaw down; the lips' tear samples the seam (the cavity covers it)."""
+        """Push the lower lip and jaw down; the lips' tear samples the seam (the cavity covers it).
+        Below the jaw's new outline the unmoved neck shows (see _neck_cover)."""
         m = self.mouth
         r0 = int(math.floor(m.seam_y.min()))
         rows = np.arange(r0, self.canvas_size, dtype=np.float64)[:, None]
-        # Invert y -> y + D(y) by fixed-point iteration; converges because |dD/dy| < 1 by construction.
+        # Invert y -> y + D(y) per column. The jaw drops at least as much as the lip above it, so D
+        # only stretches downward (0 <= dD/dy <~ 1): the damped step below shrinks the error by
+        # |1 - 0.6 (1 + dD/dy)| <= 0.4 each time (the plain x = y - D(x) stalls as dD/dy nears 1).
         src = rows - self._mouth_displacement(rows, amount_px)
-        for _ in range(6):
-            src = rows - self._mouth_displacement(src, amount_px)
+        for _ in range(30):
+            step = 0.6 * (rows - src - self._mouth_displacement(src, amount_px))
+            src = src + step
+            if np.abs(step).max() < 0.005:
+                break
         src = np.maximum(src, m.seam_y)
-        below_seam = rows >= m.seam_y
         block = map_y[r0:]
-        block[:] = np.where(below_seam, src, block)
+        block[:] = np.where(rows >= m.seam_y, src, block)
+
+    def _neck_cover(self, amount_px: float) -> tuple[int, np.ndarray]:
+        """Where the unmoved neck shows below the dropped jaw: (first canvas row, float32 coverage
+        per row and column from there, anti-aliased along the jaw's new outline)."""
+        m = self.mouth
+        r0 = int(math.floor(m.seam_y.min()))
+        rows = np.arange(r0, self.canvas_size, dtype=np.float64)[:, None]
+        jaw_reach = m.jaw_y + self._mouth_displacement(m.jaw_y, amount_px)
+        return r0, np.clip(rows - jaw_reach + 0.5, 0.0, 1.0).astype(np.float32)[..., None]
 
     def _paint_cavity(self, canvas: np.ndarray, amount_px: float) -> np.ndarray:
         """Dark, shaded mouth interior in the tear between the lips (darkest in its middle)."""
@@ -387,21 +443,34 @@ class FaceRig:
             self._blink_rows(map_y, eye_open)
         if amount_px > 0.0:
             self._mouth_rows(map_y, amount_px)
-        canvas = cv2.remap(canvas, self._grid_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-        return self._paint_cavity(canvas, amount_px) if amount_px > 0.0 else canvas
+        moved = cv2.remap(canvas, self._grid_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        if amount_px <= 0.0:
+            return moved
+        r0, neck = self._neck_cover(amount_px)
+        blend = moved[r0:] + neck * (canvas[r0:].astype(np.float32) - moved[r0:])
+        moved[r0:] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+        return self._paint_cavity(moved, amount_px)
 
-    def canvas_to_frame(self, head: np.ndarray) -> np.ndarray:
-        """Compose the head matrix (frame px -> frame px) with the canvas-to-frame offset."""
-        m = np.asarray(head, dtype=np.float64).copy()
-        m[:, 2] -= m[:, :2] @ [self.pad, self.pad]
-        return m
+    def head_map(self, head: np.ndarray) -> np.ndarray:
+        """(size, size, 2) float32: the canvas position each frame pixel shows when the head moves by
+        `head` (2x3, neutral-frame px -> frame px) and the room stays still."""
+        inverse = cv2.invertAffineTransform(np.asarray(head, dtype=np.float64)).astype(np.float32)
+        q = self._frame_grid
+        came_from = q @ inverse[:, :2].T + inverse[:, 2]  # the head content now at q, in neutral px
+        at = came_from + self.pad
+        weight = cv2.remap(self.head_weight, at[..., 0], at[..., 1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        return q + weight[..., None] * (came_from - q) + self.pad
 
     def render_frame(self, mouth_open: float, eye_open: float, gaze_xy: Sequence[float],
                      head: np.ndarray) -> np.ndarray:
-        """One noise-free size x size frame: the expression, then the head similarity `head`."""
+        """One noise-free size x size frame: the expression, then the head moved by `head`."""
         canvas = self.render_canvas(mouth_open, eye_open, gaze_xy)
-        return cv2.warpAffine(canvas, self.canvas_to_frame(head), (self.size, self.size), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REFLECT_101)
+        if np.allclose(head, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]):
+            return canvas[self.pad:self.pad + self.size, self.pad:self.pad + self.size].copy()
+        source = self.head_map(head)
+        return cv2.remap(canvas, source[..., 0], source[..., 1], cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT_101)
 
     def neutral_frame(self) -> np.ndarray:
         """Frame 0 of every script without sensor noise: the face as cropped, nothing moved."""
@@ -443,7 +512,10 @@ TRUTH_MEANING = {
     "shift_xy": "head translation in px of the frame, applied after roll and scale",
     "scale": "head scale about centre_xy (1 = as in frame 0)",
     "head_matrix": "2x3 similarity from roll/scale/shift: rigid landmarks of this frame = "
-                   "head_matrix @ [neutral_landmarks, 1]",
+                   "head_matrix @ [neutral_landmarks, 1]; it moves the head only (see head_region)",
+    "head_region": "face widths from the head outline (face-mesh hull plus the cranium, skull_lift face "
+                   "widths above the oval's upper half): pixels within full move with head_matrix, pixels "
+                   "beyond still do not move, smoothstep between",
     "mouth_open": "0 = the photo's own mouth, 1 = lower inner lip (point 14) moved down by "
                   "mouth_max_open_px (neutral-frame px) relative to the upper lip",
     "eye_open": "1 = the photo's own eyes, 0 = upper lid (159/386) lowered onto the lower lid (145/374)",
@@ -483,7 +555,7 @@ def make_clip(photo: str = "astronaut", script: str = "mixed", frames: int = 48,
     """Synthesize a driving clip: (frames as BGR uint8 size x size, ground-truth dict).
 
     The truth dict holds the clip settings, `neutral_landmarks` (478x2, px of frame 0), the neutral
-    ratios, `mouth_max_open_px`, `centre_xy`, `step_frame`, `noise_sigma`, `meaning` (what each value
+    ratios, `mouth_max_open_px`, `head_region`, `centre_xy`, `step_frame`, `noise_sigma`, `meaning` (what each value
     means in landmark space) and `per_frame` (one FrameTruth as a dict per frame).
     """
     if photo not in PHOTOS:
@@ -504,6 +576,7 @@ def make_clip(photo: str = "astronaut", script: str = "mixed", frames: int = 48,
         "noise_sigma": motion.noise_sigma, "step_frame": motion.step_frame,
         "centre_xy": list(rig.centre_xy),
         "mouth_max_open_px": rig.mouth.max_open_px,
+        "head_region": {"skull_lift": SKULL_LIFT, "full": HEAD_FULL, "still": HEAD_STILL},
         "neutral": {"mouth_ratio": mouth_open_ratio(rig.points), "eye_ratio": eye_open_ratio(rig.points)},
         "neutral_landmarks": np.round(rig.neutral_points, 3).tolist(),
         "meaning": TRUTH_MEANING,

@@ -220,8 +220,8 @@ class QualityBench:
     # -- measures ----------------------------------------------------------------------------------
     def _self_l1(self, photo: str, script: str) -> dict[str, float]:
         """Self-reenactment L1 on [0, 1]: whole frame, and split near / far from the face (the clips
-        move the whole frame with the head, like a moving camera; an engine that keeps the background
-        still pays for it far from the face)."""
+        move the head and keep the room still, by their own head model; far from the face the error
+        shows how the engine's fade from head to room differs from it)."""
         run = self.run(photo, script, photo)
         far = far_from_face_mask(run.avatar_landmarks, self.size)
         diffs = [np.abs(o.astype(np.float32) - d).mean(axis=2) / 255.0 for o, d in zip(run.outputs, run.driver_frames)]

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.clips import (PHOTOS, SCRIPTS, eye_open_ratio, head_matrix, make_clip, mouth_open_ratio,
-                         read_clip, track_landmarks, truth_series, write_clip)
+from bench.clips import (PHOTOS, SCRIPTS, eye_open_ratio, face_rig, head_matrix, make_clip, mouth_open_ratio,
+                         read_clip, script_motion, track_landmarks, truth_series, write_clip)
 
 SMALL = 36  # frames: two mouth cycles / two blinks with in-between states, still quick
 
@@ -123,3 +123,48 @@ def test_scripted_head_motion_is_what_landmarks_show(script):
         expected = first @ matrix[:, :2].T + matrix[:, 2]
         error_px = np.linalg.norm(lm.points[:468] - expected, axis=1).mean()
         assert error_px < 2.0, f"frame {frame['index']}: landmarks {error_px:.2f}px off the script"
+
+
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_head_motion_moves_the_head_and_leaves_the_room_still(photo):
+    """As in front of a webcam: the head rolls, shifts and scales; the room does not. The room: where
+    the clip's head model gives no weight, both before the move and wherever the head moved to."""
+    rig = face_rig(photo, 256)
+    weight = rig.head_weight[rig.pad:rig.pad + 256, rig.pad:rig.pad + 256]
+    for script in ("roll", "shift", "scale"):
+        frames, truth = make_clip(photo, script, frames=12)
+        assert truth["noise_sigma"] == 0
+        for frame, frame_truth in zip(frames[1:], truth["per_frame"][1:]):
+            head = np.asarray(frame_truth["head_matrix"])
+            canvas_to_frame = np.hstack([head[:, :2], head[:, 2:] - head[:, :2] @ [[rig.pad], [rig.pad]]])
+            moved_weight = cv2.warpAffine(rig.head_weight, canvas_to_frame, (256, 256))
+            room = cv2.erode(((weight == 0) & (moved_weight == 0)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            assert room.mean() > 0.03  # the bottom corners and the sides of the room
+            np.testing.assert_array_equal(frame[room], frames[0][room])
+        assert np.abs(frames[3].astype(int) - frames[0]).mean() > 3.0  # while the head did move
+
+
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_the_blend_between_head_and_room_never_folds(photo):
+    """The largest scripted head motions keep the frame's map one-to-one (Jacobian > 0)."""
+    rig = face_rig(photo, 256)
+    for script in ("roll", "shift", "scale"):
+        motion = script_motion(script, 24)
+        for i in (6, 18):  # the extremes of the sine
+            source = rig.head_map(head_matrix(motion.roll_deg[i], motion.shift_xy[i], motion.scale[i],
+                                              rig.centre_xy)).astype(np.float64)
+            dx_dx, dx_dy = np.gradient(source[..., 0], axis=1), np.gradient(source[..., 0], axis=0)
+            dy_dx, dy_dy = np.gradient(source[..., 1], axis=1), np.gradient(source[..., 1], axis=0)
+            assert (dx_dx * dy_dy - dx_dy * dy_dx).min() > 0.2
+
+
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_an_opening_jaw_slides_over_a_still_neck_and_collar(photo):
+    frames, truth = make_clip(photo, "mouth", frames=12)
+    rig = face_rig(photo, 256)
+    below_jaw = int(np.ceil(rig.mouth.chin_y + rig.mouth.max_open_px)) + 2 - rig.pad
+    assert below_jaw < 256 - 20  # there is neck or collar to check
+    for frame in frames[1:]:
+        np.testing.assert_array_equal(frame[below_jaw:], frames[0][below_jaw:])
+    widest = int(np.argmax(truth_series(truth, "mouth_open")))
+    assert np.abs(frames[widest].astype(int) - frames[0]).mean() > 2.0  # while the jaw did drop

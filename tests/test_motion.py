@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarify.motion import (EYES, NUM_LANDMARKS, STABLE_POINTS, MotionSettings, MotionTransfer,
-                              Similarity, as_complex, as_points, fit_similarity)
+from avatarify.motion import (EYES, FACE_SIDES, NUM_LANDMARKS, STABLE_POINTS, MotionSettings,
+                              MotionTransfer, Similarity, as_complex, as_points, fit_similarity, garrote)
 from avatarify.tracking import OneEuroFilter
 
 
@@ -26,8 +26,13 @@ def about(centre: complex, angle_deg: float, scale: float, shift: complex) -> Si
     return Similarity(m, centre + shift - m * centre)
 
 
-def transfer(avatar: np.ndarray, neutral: np.ndarray, smoothing: bool = False) -> MotionTransfer:
-    motion = MotionTransfer(MotionSettings(smoothing=smoothing))
+def transfer(avatar: np.ndarray, neutral: np.ndarray, smoothing: bool = False,
+             deadbands: bool = False) -> MotionTransfer:
+    """The geometry tests run without the deadbands (their small bias is tested on its own)."""
+    settings = MotionSettings(smoothing=smoothing)
+    if not deadbands:
+        settings = MotionSettings(smoothing=smoothing, deadband=0.0, head_deadband=0.0)
+    motion = MotionTransfer(settings)
     motion.set_avatar(avatar)
     motion.set_neutral(neutral)
     return motion
@@ -152,3 +157,38 @@ def test_smoothing_switch_off_passes_points_through():
     points = synthetic_face(7)
     np.testing.assert_array_equal(motion.smooth(points, 0.0), points)
     np.testing.assert_array_equal(motion.smooth(points + 5, 0.033), points + 5)
+
+
+def test_garrote_is_a_continuous_deadband_with_a_fading_bias():
+    x = np.array([0.0, 0.3, 0.5, 1.0, 4.0, -4.0, 3j])
+    out = garrote(x, 0.5)
+    np.testing.assert_allclose(out[:3], 0.0)
+    np.testing.assert_allclose(out[3:], x[3:] * (1 - 0.25 / np.abs(x[3:]) ** 2))
+    assert abs(abs(out[4]) - 4.0) < 0.07  # 4 px of motion keeps all but t^2/4
+    np.testing.assert_array_equal(garrote(x, 0.0), x)
+
+
+def test_tracker_wobble_on_a_still_face_gives_the_avatar_exactly():
+    """Sub-deadband noise on every landmark (a still face in tracking mode) moves nothing at all;
+    a 4 px lip drop next to it still comes through, less only the garrote's t^2/x."""
+    neutral = synthetic_face(8)
+    avatar = moved(synthetic_face(9), about(128 + 128j, 3, 1.2, 5 + 2j))
+    motion = transfer(avatar, neutral, smoothing=True, deadbands=True)
+    t = MotionSettings().deadband * float(np.linalg.norm(neutral[FACE_SIDES[1]] - neutral[FACE_SIDES[0]]))
+    rng = np.random.default_rng(1)
+    for i in range(20):
+        noisy = neutral + rng.uniform(-0.5, 0.5, neutral.shape).astype(np.float32) * 0.7 * t
+        target = motion.target(noisy, i / 30.0)
+        assert target.head == Similarity()
+        np.testing.assert_array_equal(target.points, as_points(as_complex(avatar)))
+    head_t = t * MotionSettings().head_deadband / MotionSettings().deadband
+    bob = moved(neutral, about(128 + 128j, 0.0, 1.0, complex(0.0, 0.8 * head_t)))
+    nudged = transfer(avatar, neutral, deadbands=True).target(bob, 0.0)
+    assert nudged.head == Similarity()  # a head bob below its deadband (Face Mesh's, as the mouth opens)
+    eye_points = {i for eye in EYES for i in eye.upper_lid + eye.lower_lid}
+    lips = [i for i in range(NUM_LANDMARKS) if i not in STABLE_POINTS and i not in eye_points][:30]
+    driving = neutral.copy()
+    driving[lips, 1] += 4.0
+    still = transfer(avatar, neutral, deadbands=True).target(driving, 0.0)
+    drop = np.linalg.norm(still.expression[lips], axis=1) / motion.driving_to_avatar.scale
+    np.testing.assert_allclose(drop, 4.0 - t * t / 4.0, atol=0.05)

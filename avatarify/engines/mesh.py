@@ -4,9 +4,11 @@ Input per avatar: the (size, size) BGR face crop and its 478 landmarks. Per cali
 neutral frame. Per frame: a `DrivingFrame`. Output: the animated avatar, BGR uint8 (size, size, 3).
 
 Per avatar (`set_avatar`), everything that does not depend on the driver is precomputed:
-  - the mesh: Delaunay over the 468 face points, a ring around the face (moves with the head, so
-    hair and ears follow it) and fixed points on the border of the face region (ROI). Outside the
-    ROI the output is the avatar itself: the background stays put and costs nothing;
+  - the mesh: Delaunay over the 468 face points, a ring around the head (the face oval pushed
+    out and stretched up over the skull; it moves with the head, so hair, ears and a hat follow
+    it), a still ring a fade length outside it, and points on the border of the face region (ROI):
+    fixed inside the image, sliding with the head where the crop cuts the head off. Outside the ROI
+    the output is the avatar itself: the background stays put and costs nothing;
   - the barycentric weights of every point of a reduced-resolution grid over the ROI (source side),
     as a sparse matrix: per frame, the forward displacement field is one sparse product;
   - the mouth cavity colours (from the avatar's lips), the eye regions with the irises painted out
@@ -38,8 +40,16 @@ from avatarify.motion import (EYES, FACE_OVAL, INNER_LIPS, MOUTH_CORNERS, MOUTH_
 
 log = logging.getLogger(__name__)
 
+FOREHEAD, CHIN = 10, 152
 RING_SCALE = 1.25  # the ring around the face: face oval pushed out by 25% from the face centre
-ROI_MARGIN = 0.15  # fixed border this share of the face size outside the ring
+# ... and its top lifted by this share of the face height: the skull's vertex is about a third of the
+# face height above Face Mesh's top (landmark 10, upper forehead), and 1.25 already covers 1/8.
+SKULL_LIFT = 0.2
+# The head's motion fades out over this share of the face size outside the ring (to a still ring,
+# and the ROI box around it). The fade must be longer than the ring moves, or the warp folds: a
+# 15 degree roll moves the ring's sides ~0.2 face sizes, 0.3 leaves room up to ~20 degrees.
+ROI_MARGIN = 0.3
+RING_SQUEEZE = 0.4  # the skin between face outline and ring may shrink to this share of its width
 FIXED_POINT_STEPS = 3  # backward-map iterations; error shrinks ~5x per step on face motion
 CAVITY_START = 0.02  # mouth-open ratio above the avatar's own at which the cavity starts to show
 CAVITY_FULL = 0.08  # ... and at which it is fully shown
@@ -177,18 +187,18 @@ class MeshAnimator(Animator):
 
     def _build_mesh(self, points: np.ndarray) -> None:
         mesh = points[:NUM_MESH_POINTS].astype(np.float64)
-        centre = mesh[list(FACE_OVAL)].mean(axis=0)
-        oval = mesh[list(FACE_OVAL)]
-        ring = centre + (oval - centre) * RING_SCALE
+        ring = self._head_ring(mesh)
         face_size = float(np.sqrt(np.prod(mesh.max(axis=0) - mesh.min(axis=0))))
         self._grid = self._roi_grid(ring, face_size)
         grid = self._grid
         inset = 1.0  # ring points stay this far inside the ROI so no triangle folds over the border
-        self._ring_src = ring.astype(np.float32)
         self._ring_box = (grid.x0 + inset, grid.y0 + inset,
                           grid.x0 + grid.width - 1 - inset, grid.y0 + grid.height - 1 - inset)
-        self._ring_src = np.clip(self._ring_src, self._ring_box[:2], self._ring_box[2:]).astype(np.float32)
-        border = self._border_points(grid)
+        self._ring_src = np.clip(ring, self._ring_box[:2], self._ring_box[2:]).astype(np.float32)
+        self._ring_gap = np.linalg.norm(self._ring_src - mesh[list(FACE_OVAL)], axis=1).astype(np.float32)
+        self._ring_limits = self._ring_target_limits(grid)
+        border = np.concatenate([self._border_points(grid), self._still_ring(ring, ROI_MARGIN * face_size, grid)])
+        self._edge_nearest, self._edge_share = self._edge_shares(border, ROI_MARGIN * face_size)
         # Face points outside the ROI (a face cut by the crop edge) are pulled in, so the border
         # stays the mesh's convex hull.
         inside = np.clip(mesh, self._ring_box[:2], self._ring_box[2:]).astype(np.float32)
@@ -200,6 +210,53 @@ class MeshAnimator(Animator):
         gy, gx = np.mgrid[grid.y0:grid.y0 + grid.height, grid.x0:grid.x0 + grid.width].astype(np.float32)
         self._full_grid = np.ascontiguousarray(np.stack([gx, gy], axis=-1))
 
+    @staticmethod
+    def _head_ring(mesh: np.ndarray) -> np.ndarray:
+        """The outline that moves rigidly with the head: the face oval pushed out from its centre
+        (hair at the temples, ears), its upper half stretched up into the dome of the skull, which
+        Face Mesh (it stops at the upper forehead) does not cover; hair and headwear sit on it."""
+        oval = mesh[list(FACE_OVAL)]
+        centre = oval.mean(axis=0)
+        ring = centre + (oval - centre) * RING_SCALE
+        up = mesh[FOREHEAD] - mesh[CHIN]
+        height = float(np.linalg.norm(up))
+        up /= max(height, 1e-6)
+        rise = np.maximum((oval - centre) @ up, 0.0)
+        return ring + (SKULL_LIFT * height * rise / max(float(rise.max()), 1e-6))[:, None] * up
+
+    def _ring_target_limits(self, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds for moved ring points: inside the ROI where its border is fixed (so no triangle
+        folds over it), free where the ROI ends at the image's own edge (that edge slides)."""
+        lo = np.array(self._ring_box[:2], np.float32)
+        hi = np.array(self._ring_box[2:], np.float32)
+        lo[[grid.x0 == 0, grid.y0 == 0]] = -np.inf
+        hi[[grid.x0 + grid.width == self.size, grid.y0 + grid.height == self.size]] = np.inf
+        return lo, hi
+
+    @staticmethod
+    def _still_ring(ring: np.ndarray, margin_px: float, grid: _Grid) -> np.ndarray:
+        """Fixed points `margin_px` outside the ring, along the rays from its centre: the head's
+        motion fades out over the same distance all around it (not out to the ROI's corners),
+        so the room close beside the head is already still. Points off the image are dropped (the
+        image edge slides there instead), as are points that would crowd the ROI border."""
+        out = ring - ring.mean(axis=0)
+        still = ring + margin_px * out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+        lo = np.array([grid.x0, grid.y0]) + 2.0
+        hi = np.array([grid.x0 + grid.width, grid.y0 + grid.height]) - 3.0
+        return still[((still >= lo) & (still <= hi)).all(axis=1)].astype(np.float32)
+
+    def _edge_shares(self, border: np.ndarray, reach_px: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per border point: the nearest ring point and the share of its motion the point takes.
+        The ROI border inside the image stays put (share 0): the background does not move. Where
+        the ROI ends at the image's own edge (a head cut by the crop), the edge moves with the head
+        as the ring's motion fades over `reach_px`, as it does inside the ROI; pinning it would
+        tear hair or a hat that the crop cuts."""
+        on_image_edge = (border < 0.0).any(axis=1) | (border > self.size - 1).any(axis=1)
+        distance = np.linalg.norm(border[:, None, :] - self._ring_src[None, :, :], axis=2)
+        nearest = distance.argmin(axis=1)
+        share = np.clip(1.0 - distance.min(axis=1) / max(reach_px, 1.0), 0.0, 1.0) * on_image_edge
+        return nearest, share.astype(np.float32)
+
     def _roi_grid(self, ring: np.ndarray, face_size: float) -> _Grid:
         """The warped region: the ring plus a margin, clipped to the image, sides multiples of step."""
         step = self.step
@@ -210,8 +267,9 @@ class MeshAnimator(Animator):
         return _Grid(x0, y0, width - width % step, height - height % step, step)
 
     @staticmethod
-    def _border_points(grid: _Grid, per_side: int = 8) -> np.ndarray:
-        """Fixed points along the ROI border: the warp is the identity there, so no seam."""
+    def _border_points(grid: _Grid, per_side: int = 16) -> np.ndarray:
+        """Points along the ROI border: fixed inside the image (the warp is the identity there, so
+        no seam); on the image's own edge they slide with the head (see _edge_shares)."""
         x0, y0 = grid.x0 - 0.5, grid.y0 - 0.5
         x1, y1 = grid.x0 + grid.width - 0.5, grid.y0 + grid.height - 0.5
         t = np.linspace(0.0, 1.0, per_side, endpoint=False)
@@ -300,7 +358,8 @@ class MeshAnimator(Animator):
         self.last_map = backward
         grid = self._grid
         rows, cols = grid.slices
-        warped = cv2.remap(self._avatar_bgr, backward, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # Reflected, not repeated: where a cut-off head moves into the frame, hair texture continues.
+        warped = cv2.remap(self._avatar_bgr, backward, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
         self._paint_eyes(warped, backward, target)
         self._paint_mouth(warped, target.points)
         output = self._avatar_bgr.copy()
@@ -327,15 +386,27 @@ class MeshAnimator(Animator):
 
     def _vertex_targets(self, target: MotionTarget) -> np.ndarray:
         """Where every mesh vertex goes: face points to the targets, ring points with the head (and
-        half the jaw's expression, so an opening mouth does not crush the skin below the chin),
-        border points nowhere."""
-        oval_expression = target.expression[list(FACE_OVAL)] if target.expression is not None else 0.0
-        ring = as_points(target.head(as_complex(self._ring_src + 0.5 * oval_expression)))
-        ring = np.clip(ring, self._ring_box[:2], self._ring_box[2:])
+        with what of the face outline's expression the skin between cannot take up), border points
+        nowhere (or sliding with the head on the image's own edge)."""
+        ring = as_points(target.head(as_complex(self._ring_src + self._ring_expression(target))))
+        ring = np.clip(ring, *self._ring_limits)
         moving = np.concatenate([target.points[:NUM_MESH_POINTS], ring])
         vertices = self._vertices_src.copy()
         vertices[:self._num_moving] = moving
+        ring_motion = ring - self._ring_src
+        vertices[self._num_moving:] += self._edge_share[:, None] * ring_motion[self._edge_nearest]
         return vertices
+
+    def _ring_expression(self, target: MotionTarget) -> np.ndarray:
+        """The ring's share of the face outline's expression (a dropping jaw, mostly): the skin
+        between outline and ring is squeezed to RING_SQUEEZE of its width before the ring gives
+        way, so the collar stays still while talking and a wide-open jaw still cannot fold it."""
+        if target.expression is None:
+            return np.zeros_like(self._ring_src)
+        outline = target.expression[list(FACE_OVAL)]
+        length = np.linalg.norm(outline, axis=1, keepdims=True)
+        slack = (1.0 - RING_SQUEEZE) * self._ring_gap[:, None]
+        return outline * (np.maximum(length - slack, 0.0) / np.maximum(length, 1e-6))
 
     def backward_map(self, target: MotionTarget) -> np.ndarray:
         """(h, w, 2) float32 source position (avatar px) of every ROI pixel of the output."""
