@@ -1,11 +1,21 @@
-"""FOMM speed: the official-style loop against the real-time split (torch and onnxruntime).
+"""FOMM speed: the official-style loop against the real-time split paths (torch and onnxruntime).
 
-Usage: python bench/fomm_perf.py --out DIR [--device cpu|cuda] [--frames 20] [--checkpoint CKPT]
-Writes DIR/fomm_perf.json (median ms per frame per path, speedup = official / fastest split) and
-DIR/fomm_perf.png (bar chart). Without --checkpoint, random weights are saved in the official
-layout first. Real photos: skimage's astronaut (avatar) and matplotlib's Grace Hopper (driver).
-official_style = eager fp32, keypoint detector on source and driving + the full generator every
-frame (as FOMM's demo does). On cuda the torch split is timed in fp32 and fp16 (autocast).
+Usage: python bench/fomm_perf.py --out DIR [--device cpu|cuda] [--frames 20] [--checkpoint CKPT] [--compile]
+Writes DIR/fomm_perf.json and DIR/fomm_perf.png (bar chart). Without --checkpoint, random weights
+are saved in the official layout first. Real photos: skimage's astronaut (avatar) and matplotlib's
+Grace Hopper (driver); strength 1, relative motion with adapt scale, as FOMM's demo with --relative.
+
+Paths (each with its precision and its error against the official fp32 prediction in the JSON):
+- official_style: eager fp32; keypoint detector on source and driving + the full generator each frame;
+- torch_split: the exact split (fp32, ≤1e-5 from official); torch_split_optimized: the rewritten
+  layers of models.fomm.fast in fp32; torch_split_bf16 (cpu) / _fp16 (cuda): the same in reduced
+  precision with the keypoint detector in fp32 (`_kpfp16`: in fp16 too); on cuda `_cudagraph` paths
+  replay one CUDA graph (their GPU-only replay time is in `cuda_graph_replay_ms`), and --compile
+  adds torch.compile (inductor) variants;
+- ort_split: onnxruntime over the exported graphs (fastest of fused / unfused keypoint detector).
+Timing: every path is warmed up, then the paths take turns frame by frame (interleaved rounds), so
+load from other processes hits them alike; the JSON holds per-path medians. `speedup` is
+official_style / fastest split at any precision, `speedup_fp32` the same over fp32 paths only.
 """
 from __future__ import annotations
 
@@ -17,6 +27,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avatarify.runners import OnnxRuntimeRunner, TorchRunner  # noqa: E402
+from avatarify.runners import CudaGraphed, OnnxRuntimeRunner, TorchRunner  # noqa: E402
+from bench.common import write_json  # noqa: E402
 from export.onnx_export import cached_export, sample_photos  # noqa: E402
 from models.fomm.checkpoint import load_fomm, save_random_checkpoint  # noqa: E402
 from models.fomm.keypoints import normalize_kp  # noqa: E402
@@ -33,17 +45,34 @@ from models.fomm.keypoints import normalize_kp  # noqa: E402
 log = logging.getLogger("fomm_perf")
 
 
-def median_ms(step: Callable[[], object], frames: int, warmup: int, sync: Callable[[], None]) -> float:
-    for _ in range(warmup):
-        step()
+@dataclass
+class BenchPath:
+    """One way of producing a frame: `step()` returns the prediction (1, 3, 256, 256)."""
+
+    name: str
+    precision: str
+    step: Callable[[], object]
+    runner: object | None = None
+
+
+def as_numpy(prediction: object) -> np.ndarray:
+    return prediction.float().cpu().numpy() if isinstance(prediction, torch.Tensor) else np.asarray(prediction)
+
+
+def interleaved_medians(paths: list[BenchPath], frames: int, warmup: int, sync: Callable[[], None]) -> dict:
+    """Median ms per frame of each path; paths alternate frame by frame so noise hits all alike."""
+    for path in paths:
+        for _ in range(warmup):
+            path.step()
     sync()
-    times = []
+    times: dict[str, list[float]] = {p.name: [] for p in paths}
     for _ in range(frames):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for path in paths:
+            start = time.perf_counter()
+            path.step()
+            sync()
+            times[path.name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def official_style(kp_detector, generator, source: torch.Tensor, neutral: torch.Tensor,
@@ -63,61 +92,104 @@ def official_style(kp_detector, generator, source: torch.Tensor, neutral: torch.
     return step
 
 
-def runner_step(runner, source: np.ndarray, neutral: np.ndarray, driving: np.ndarray) -> Callable[[], np.ndarray]:
+def runner_path(name: str, precision: str, runner, photos: tuple[np.ndarray, ...]) -> BenchPath:
+    source, neutral, driving = photos
     runner.prepare_source(source)
     runner.set_neutral(neutral)
-    return lambda: runner.animate(driving, 1.0)
+    return BenchPath(name, precision, lambda: runner.animate(driving, 1.0), runner)
 
 
-def cuda_graph_step(kp_detector, generator, source: torch.Tensor, neutral: torch.Tensor, driving: torch.Tensor,
-                    fp16: bool) -> Callable[[], np.ndarray]:
-    """The per-frame graph replayed as one CUDA graph (launch overhead gone); image in/out via host."""
-    from models.fomm.realtime import FusedFrameNet, KeypointNet, SourceNet, calibrate
-
-    device = torch.device("cuda")
-    frame_net = FusedFrameNet(kp_detector, generator).to(device)
-    with torch.inference_mode():
-        cached = SourceNet(kp_detector, generator).to(device)(source.to(device))
-        cal = calibrate(cached[0], *KeypointNet(kp_detector)(neutral.to(device)), adapt_scale=True)
-    static_in = driving.to(device).clone()
-    tail = (*cached, cal.neutral_value, cal.neutral_jacobian_inv, cal.adapt_scale,
-            torch.ones(1, device=device))
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                frame_net(static_in, *tail)
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.cuda.graph(graph):
-            static_out = frame_net(static_in, *tail)
-    host_in = driving.numpy()
-
-    def step() -> np.ndarray:
-        static_in.copy_(torch.from_numpy(host_in))
-        graph.replay()
-        return static_out.float().cpu().numpy()
-
-    return step
+def torch_paths(kp_detector, generator, device: str, photos: tuple[np.ndarray, ...],
+                compile_fp16: bool) -> list[BenchPath]:
+    """(name, precision, runner options) per torch path on this device."""
+    if device == "cpu":
+        variants = [("torch_split", "fp32", {}), ("torch_split_optimized", "fp32", {"optimized": True}),
+                    ("torch_split_bf16", "bf16", {"precision": "bf16"})]
+    else:
+        variants = [("torch_split", "fp32", {"cuda_graph": False}),
+                    ("torch_split_cudagraph", "fp32", {}),
+                    ("torch_split_optimized_cudagraph", "fp32", {"optimized": True}),
+                    ("torch_split_fp16", "fp16", {"precision": "fp16", "cuda_graph": False}),
+                    ("torch_split_fp16_cudagraph", "fp16", {"precision": "fp16"}),
+                    ("torch_split_bf16_cudagraph", "bf16", {"precision": "bf16"}),
+                    ("torch_split_fp16_kpfp16_cudagraph", "fp16", {"precision": "fp16", "keypoint_precision": "fp16"})]
+        if compile_fp16:
+            variants += [("torch_split_fp16_compiled_cudagraph", "fp16", {"precision": "fp16", "torch_compile": True}),
+                         ("torch_split_fp16_kpfp16_compiled_cudagraph", "fp16",
+                          {"precision": "fp16", "keypoint_precision": "fp16", "torch_compile": True})]
+    return [runner_path(name, precision, TorchRunner(kp_detector, generator, device=device, **options), photos)
+            for name, precision, options in variants]
 
 
-def plot(results: dict[str, float], title: str, path: Path) -> None:
+def ort_paths(checkpoint: Path, out: Path, args: argparse.Namespace, photos: tuple[np.ndarray, ...]) -> list[BenchPath]:
+    onnx_dir = cached_export(checkpoint, out / "onnx_cache" if args.keep_onnx else
+                             Path(tempfile.gettempdir()) / "fomm_perf_onnx", progress=False)
+    return [runner_path("ort_split_fused" if fused else "ort_split_unfused", "fp32",
+                        OnnxRuntimeRunner(onnx_dir, device=args.device, threads=args.threads or 2, fused=fused),
+                        photos) for fused in (True, False)]
+
+
+def graph_replay_ms(runner, frames: int) -> float | None:
+    """GPU time of one replay of a runner's CUDA graph (CUDA events; no host copies)."""
+    call = getattr(runner, "frame_call", None)
+    if not isinstance(call, CudaGraphed) or not call.captured:
+        return None
+    times = []
+    for _ in range(frames):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def plot(result: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    bars = ax.bar(names, [results[n] for n in names], color=["#999999"] + ["#2a7ab9"] * (len(names) - 1))
-    ax.bar_label(bars, fmt="%.1f")
+    paths = result["paths"]
+    names = list(paths)
+    colors = {"fp32": "#2a7ab9", "bf16": "#d9822b", "fp16": "#c23b22"}
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(names)), 4))
+    bars = ax.bar(names, [paths[n]["ms"] for n in names],
+                  color=["#999999" if n == "official_style" else colors[paths[n]["precision"]] for n in names])
+    ax.bar_label(bars, labels=[f"{paths[n]['ms']:.1f}\n{paths[n]['precision']}" for n in names], fontsize=8)
     ax.set_ylabel("median ms / frame")
-    ax.set_title(title)
-    plt.setp(ax.get_xticklabels(), rotation=15)
+    ax.set_title(f"FOMM per frame, {result['device']}: speedup {result['speedup']}× "
+                 f"(fp32 only: {result['speedup_fp32']}×)", fontsize=10)
+    ax.margins(y=0.2)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def summarize(paths: list[BenchPath], medians: dict, official: np.ndarray) -> dict:
+    """Per-path entries, the legacy `<name>_ms` keys and the speedups."""
+    entries = {}
+    for path in paths:
+        diff = np.abs(as_numpy(path.step()) - official)
+        entries[path.name] = {"ms": round(medians[path.name], 2), "precision": path.precision,
+                              "max_abs_err_vs_official": float(f"{diff.max():.3g}"),
+                              "mean_abs_err_vs_official": float(f"{diff.mean():.3g}")}
+        if path.runner is not None:
+            entries[path.name]["providers"] = list(path.runner.providers)
+    splits = {n: e for n, e in entries.items() if n != "official_style"}
+    fastest = min(splits, key=lambda n: splits[n]["ms"])
+    fastest_fp32 = min((n for n in splits if splits[n]["precision"] == "fp32"), key=lambda n: splits[n]["ms"])
+    result = {f"{n}_ms": e["ms"] for n, e in entries.items()}
+    ort = [e["ms"] for n, e in entries.items() if n.startswith("ort_split")]
+    if ort:
+        result["ort_split_ms"] = min(ort)
+    official_ms = entries["official_style"]["ms"]
+    result.update({"speedup": round(official_ms / splits[fastest]["ms"], 2), "fastest": fastest,
+                   "speedup_fp32": round(official_ms / splits[fastest_fp32]["ms"], 2),
+                   "fastest_fp32": fastest_fp32, "paths": entries})
+    return result
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -130,50 +202,34 @@ def run(args: argparse.Namespace) -> dict:
     if device.type == "cuda":  # TF32 would make fp32 numbers incomparable with the CPU ones
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.threads:
         torch.set_num_threads(args.threads)
 
     source_t, driving_t = sample_photos()
     neutral_t = source_t.flip(3)
+    photos = tuple(t.numpy() for t in (source_t, neutral_t, driving_t))
     kp_detector, generator = load_fomm(checkpoint, device=device)
-    timings: dict[str, float] = {}
-    timings["official_style"] = median_ms(official_style(kp_detector, generator, source_t.to(device),
-                                                         neutral_t.to(device), driving_t.to(device)),
-                                          args.frames, args.warmup, sync)
-    source, driving, neutral = (t.numpy() for t in (source_t, driving_t, neutral_t))
-    timings["torch_split"] = median_ms(runner_step(TorchRunner(kp_detector, generator, device=args.device),
-                                                   source, neutral, driving), args.frames, args.warmup, sync)
-    if device.type == "cuda":
-        timings["torch_split_fp16"] = median_ms(
-            runner_step(TorchRunner(kp_detector, generator, device=args.device, fp16=True), source, neutral, driving),
-            args.frames, args.warmup, sync)
-        for fp16 in (False, True):
-            key = "torch_split_cudagraph" + ("_fp16" if fp16 else "")
-            timings[key] = median_ms(cuda_graph_step(kp_detector, generator, source_t, neutral_t, driving_t, fp16),
-                                     args.frames, args.warmup, sync)
-    providers: dict[str, list[str]] = {}
+    official = BenchPath("official_style", "fp32", official_style(
+        kp_detector, generator, source_t.to(device), neutral_t.to(device), driving_t.to(device)))
+    paths = [official, *torch_paths(kp_detector, generator, args.device, photos, args.compile)]
     if not args.no_ort:
-        onnx_dir = cached_export(checkpoint, out / "onnx_cache" if args.keep_onnx else
-                                 Path(tempfile.gettempdir()) / "fomm_perf_onnx", progress=False)
-        for fused in (True, False):
-            runner = OnnxRuntimeRunner(onnx_dir, device=args.device, threads=args.threads or 2, fused=fused)
-            key = "ort_split_fused" if fused else "ort_split_unfused"
-            timings[key] = median_ms(runner_step(runner, source, neutral, driving), args.frames, args.warmup, sync)
-            providers[key] = runner.providers
-        timings["ort_split"] = min(timings["ort_split_fused"], timings["ort_split_unfused"])
+        paths.extend(ort_paths(checkpoint, out, args, photos))
+    medians = interleaved_medians(paths, args.frames, args.warmup, sync)
 
-    splits = [v for k, v in timings.items() if k != "official_style"]
-    result = {f"{k}_ms": round(v, 2) for k, v in timings.items()}
+    result = summarize(paths, medians, as_numpy(official.step()))
+    if device.type == "cuda":
+        replay = {p.name: graph_replay_ms(p.runner, 50) for p in paths if p.runner is not None}
+        result["cuda_graph_replay_ms"] = {n: round(ms, 3) for n, ms in replay.items() if ms is not None}
     result.update({
-        "speedup": round(timings["official_style"] / min(splits), 2),
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "frames": args.frames, "warmup": args.warmup, "torch": torch.__version__,
-        "ort_providers": providers,
+        "timing": "interleaved rounds (paths take turns frame by frame), median per path; host image in → "
+                  "host prediction out" + ("; TF32 off" if device.type == "cuda" else ""),
         "checkpoint": "random weights (official layout)" if not args.checkpoint else str(checkpoint),
     })
-    (out / "fomm_perf.json").write_text(json.dumps(result, indent=2))
-    plot({k: v for k, v in timings.items() if k != "ort_split"},
-         f"FOMM per frame, {result['device']}: speedup {result['speedup']}×", out / "fomm_perf.png")
+    write_json(out / "fomm_perf.json", result)
+    plot(result, out / "fomm_perf.png")
     return result
 
 
@@ -187,10 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--no-ort", action="store_true", help="skip onnxruntime (e.g. no onnxruntime here)")
     parser.add_argument("--keep-onnx", action="store_true", help="keep the exported graphs under OUT/onnx_cache")
+    parser.add_argument("--compile", action="store_true", help="cuda: also time the fp16 path through torch.compile")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="cuda: let cuDNN time its conv algorithms")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.exit(2, "error: --device cuda needs a CUDA GPU and a CUDA build of torch.\n")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("ignore", category=UserWarning)
-    print(json.dumps(run(args), indent=2))
+    result = run(args)
+    print(json.dumps({k: v for k, v in result.items() if k != "paths"}, indent=2))
     return 0
 
 

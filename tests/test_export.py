@@ -1,6 +1,7 @@
 """ONNX export: single-file opset-17 graphs with named I/O, onnxruntime parity, CLI error lines."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,23 +10,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from export.onnx_export import PARITY_TOLERANCE, cached_export
-from models.fomm.checkpoint import save_random_checkpoint
+from export.onnx_export import PARITY_TOLERANCE
 from models.fomm.realtime import FRAME_INPUTS, FUSED_FRAME_INPUTS, SOURCE_OUTPUTS
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def fomm_checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.getbasetemp() / "fomm-random.pth.tar"
-    return path if path.is_file() else save_random_checkpoint(path, seed=0)
-
-
-@pytest.fixture(scope="session")
-def onnx_dir(fomm_checkpoint, tmp_path_factory) -> Path:
-    # cached_export reuses the folder when another test module exported the same checkpoint already.
-    return cached_export(fomm_checkpoint, tmp_path_factory.getbasetemp() / "fomm-onnx", progress=False)
 
 
 def test_graphs_are_checked_and_named(onnx_dir):
@@ -62,11 +50,8 @@ def _one_line(stderr: str) -> str:
 
 def test_cli_tensorrt_without_tensorrt_says_so_in_one_line(fomm_checkpoint, tmp_path):
     pytest.importorskip("onnxruntime")
-    try:
-        import tensorrt  # noqa: F401
+    if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here")
-    except ImportError:
-        pass
     result = _cli("--checkpoint", str(fomm_checkpoint), "--out", str(tmp_path / "out"), "--tensorrt")
     assert result.returncode != 0
     assert "TensorRT is not installed" in _one_line(result.stderr)

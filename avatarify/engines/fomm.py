@@ -55,14 +55,20 @@ class FommAnimator(Animator):
 
     @classmethod
     def create(cls, backend: str, checkpoint: str | Path | None = None, onnx_dir: str | Path | None = None,
-               device: str = "cpu", fp16: bool = False, size: int = 256) -> "FommAnimator":
-        """A FommAnimator for backend "torch" (needs checkpoint) or "onnxruntime" (needs onnx_dir)."""
+               device: str = "cpu", fp16: bool = False, size: int = 256, precision: str | None = None,
+               optimized: bool = False) -> "FommAnimator":
+        """A FommAnimator for backend "torch" (needs checkpoint) or "onnxruntime" (needs onnx_dir).
+
+        torch: `precision` fp32 | bf16 | fp16 (fp16=True means "fp16"); `optimized` see TorchRunner.
+        """
         if backend == "torch":
             from models.fomm.checkpoint import load_fomm
 
             if checkpoint is None:
                 raise AnimatorError("The torch backend needs --checkpoint PATH.")
-            return cls(TorchRunner(*load_fomm(checkpoint), device=device, fp16=fp16), size)
+            precision = precision or ("fp16" if fp16 else "fp32")
+            return cls(TorchRunner(*load_fomm(checkpoint), device=device, precision=precision,
+                                   optimized=optimized), size)
         if backend == "onnxruntime":
             if onnx_dir is None:
                 raise AnimatorError("The onnxruntime backend needs the folder written by `python -m export`.")

@@ -12,6 +12,18 @@ from torch import nn
 from models.fomm.blocks import AntiAliasInterpolation2d, Hourglass, make_coordinate_grid
 
 
+def heatmap_keypoints(logits: torch.Tensor, jac_maps: torch.Tensor,
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits P (B, K, h, w) and Jacobian maps Q (B, 4K, h, w) → (value (B, K, 2), jacobian (B, K, 2, 2))."""
+    batch, num_kp, height, width = logits.shape
+    heat = F.softmax(logits.reshape(batch, num_kp, -1) / temperature, dim=2)
+    grid = make_coordinate_grid(height, width, logits.dtype, logits.device).reshape(-1, 2)
+    value = heat @ grid  # (B, K, HW) @ (HW, 2): the heatmap-weighted mean position
+    jac = jac_maps.reshape(batch, num_kp, 4, -1)
+    jacobian = (jac * heat.unsqueeze(2)).sum(-1).reshape(batch, num_kp, 2, 2)
+    return value, jacobian
+
+
 class KPDetector(nn.Module):
     """Hourglass on the ×0.25 image, then unpadded 7×7 heads for heatmaps and Jacobians."""
 
@@ -36,14 +48,7 @@ class KPDetector(nn.Module):
 
     def forward_flat(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(value (B, K, 2), jacobian (B, K, 2, 2)) as plain tensors, for export."""
-        logits, jac_maps = self.heads(image)
-        batch, _, height, width = logits.shape
-        heat = F.softmax(logits.reshape(batch, self.num_kp, -1) / self.temperature, dim=2)
-        grid = make_coordinate_grid(height, width, logits.dtype, logits.device).reshape(-1, 2)
-        value = heat @ grid  # (B, K, HW) @ (HW, 2): the heatmap-weighted mean position
-        jac = jac_maps.reshape(batch, self.num_kp, 4, -1)
-        jacobian = (jac * heat.unsqueeze(2)).sum(-1).reshape(batch, self.num_kp, 2, 2)
-        return value, jacobian
+        return heatmap_keypoints(*self.heads(image), self.temperature)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         value, jacobian = self.forward_flat(image)
