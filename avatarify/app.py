@@ -106,18 +106,33 @@ def _build_fomm(settings: Settings, checkpoint: Path) -> Animator:
                             f"(pip install -r requirements.txt) or use --engine mesh.") from None
     try:
         if settings.backend == "torch":
-            return FommAnimator.create("torch", checkpoint=checkpoint, device=_torch_device(settings.device),
-                                       size=settings.size)
+            device = _torch_device(settings.device)
+            return FommAnimator.create("torch", checkpoint=checkpoint, device=device, size=settings.size,
+                                       precision=_precision(settings.precision, device), optimized=True)
+        if settings.precision == "bf16":
+            raise AnimatorError("--precision bf16 runs only with --backend torch; use fp32 or fp16 here.")
         onnx_dir = cached_export(checkpoint, settings.cache_dir / "fomm")
+        # auto: fp16 wherever a GPU provider takes it (TensorRT); the CPU provider always runs fp32.
+        fp16 = settings.precision in ("auto", "fp16") and settings.device != "cpu"
         if settings.backend == "tensorrt":
             from avatarify.runners import TensorRTRunner
             from export.tensorrt_build import build_engines
 
             graphs = {name: onnx_dir / f"{name}.onnx" for name in ("fomm_keypoints", "fomm_source", "fomm_frame")}
-            return FommAnimator(TensorRTRunner(build_engines(graphs, onnx_dir)), settings.size)
-        return FommAnimator.create("onnxruntime", onnx_dir=onnx_dir, device=settings.device, size=settings.size)
+            return FommAnimator(TensorRTRunner(build_engines(graphs, onnx_dir, fp16=fp16)), settings.size)
+        return FommAnimator.create("onnxruntime", onnx_dir=onnx_dir, device=settings.device, size=settings.size,
+                                   fp16=fp16)
     except (CheckpointError, ExportError, RunnerError, TensorRTUnavailable) as exc:
         raise AnimatorError(str(exc)) from None
+
+
+def _precision(precision: str, device: str) -> str:
+    """torch: auto is fp16 on CUDA (tensor cores) and fp32 on the CPU (fp32 is exact there)."""
+    if precision == "auto":
+        return "fp16" if device == "cuda" else "fp32"
+    if precision == "fp16" and device != "cuda":
+        raise AnimatorError("--precision fp16 needs a CUDA GPU; on the CPU use fp32 or bf16.")
+    return precision
 
 
 def _torch_device(device: str) -> str:

@@ -21,6 +21,7 @@ DEFAULT_CACHE_DIR = PROJECT_ROOT / "cache"
 ENGINES = ("auto", "mesh", "fomm")
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SIZES = (256, 512)
 
 
@@ -50,6 +51,9 @@ class Settings:
     backend: str = _knob("auto", "FOMM runner: auto picks TensorRT, then onnxruntime (CUDA, then "
                                  "CPU), then torch")
     device: str = _knob("auto", "FOMM device: auto uses CUDA when available")
+    precision: str = _knob("auto", "FOMM arithmetic: auto is fp16 on a GPU and fp32 on the CPU; bf16 "
+                                   "(torch backend) is ~4x faster on CPUs with AVX-512 bf16, close "
+                                   "but not exact")
     size: int = _knob(256, "engine resolution (square side in pixels)")
     cache_dir: Path = _knob(DEFAULT_CACHE_DIR, "where exported ONNX / TensorRT files are cached "
                                                "(keyed by the checkpoint's hash)")
@@ -95,6 +99,7 @@ _FLAGS: dict[str, dict] = {
     "checkpoint": {"type": Path, "metavar": "PATH"},
     "backend": {"choices": BACKENDS},
     "device": {"choices": DEVICES},
+    "precision": {"choices": PRECISIONS},
     "size": {"type": int, "choices": SIZES},
     "cache_dir": {"type": Path, "metavar": "DIR"},
     "output": {"type": Path, "metavar": "FILE.mp4"},

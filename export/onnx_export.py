@@ -205,6 +205,8 @@ def cached_export(checkpoint: str | Path, cache_root: str | Path, progress: bool
     if manifest.is_file():
         data = json.loads(manifest.read_text())
         if data.get("checkpoint_sha256") == digest and (not unfused_frame or "fomm_frame_kp" in data["graphs"]):
+            log.info("Reusing the ONNX export in %s.", out)
             return out
+    log.info("First run with this checkpoint: exporting ONNX graphs into %s (once).", out)
     export_fomm(checkpoint, out, progress=progress, unfused_frame=unfused_frame)
     return out

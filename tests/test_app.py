@@ -127,7 +127,7 @@ def test_fomm_engine_end_to_end_reuses_the_cached_export(clip, photos, fomm_chec
                      "--cache-dir", str(fomm_cache_dir), "--max-frames", "3", "--output", str(out),
                      "--stats", str(stats_path), "--no-preview", "--no-virtual-cam")
     assert result.returncode == 0, result.stderr
-    assert "engine: fomm" in result.stderr
+    assert "engine: fomm" in result.stderr and "Reusing the ONNX export" in result.stderr
     assert manifest.stat().st_mtime_ns == exported_at  # not exported again
     stats = json.loads(stats_path.read_text())
     assert stats["engine"] == "fomm" and stats["frames"] == 3
@@ -135,6 +135,17 @@ def test_fomm_engine_end_to_end_reuses_the_cached_export(clip, photos, fomm_chec
     frames = [f.frame_bgr for f in iter_video_frames(out, progress=False)]
     assert len(frames) == 3 and frames[0].shape == (256, 256, 3)
     assert all(f.std() > 5 for f in frames)  # a picture, not a blank frame
+
+
+def test_fomm_torch_backend_runs_the_fast_fp32_net_on_the_cpu(clip, photos, fomm_checkpoint, tmp_path):
+    stats_path = tmp_path / "stats.json"
+    result = run_cli("--avatar", str(photos / "1_hopper.jpg"), "--camera", str(clip[0]), "--engine", "fomm",
+                     "--checkpoint", str(fomm_checkpoint), "--backend", "torch", "--device", "cpu",
+                     "--precision", "auto", "--max-frames", "2", "--stats", str(stats_path),
+                     "--no-preview", "--no-virtual-cam")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(stats_path.read_text())
+    assert stats["frames"] == 2 and stats["providers"] == ["torch-cpu-optimized"]  # auto → fp32 on cpu
 
 
 def test_help_lists_every_contract_flag():
@@ -170,12 +181,14 @@ def user_error_cases(photos: Path, video: Path, tmp_path: Path) -> dict[str, tup
         "missing checkpoint": ([*good, "--camera", str(video), "--engine", "fomm", "--checkpoint",
                                 str(tmp_path / "nope.pth.tar")], "does not exist"),
         "unreadable video": ([*good, "--camera", str(junk_video)], "Cannot read"),
+        "fp16 on the cpu": ([*good, "--camera", str(video), "--checkpoint", str(junk_checkpoint), "--backend",
+                             "torch", "--device", "cpu", "--precision", "fp16"], "needs a CUDA GPU"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing camera", "avatar without a face", "missing avatar",
                                   "empty avatars folder", "unreadable checkpoint", "missing checkpoint",
-                                  "unreadable video"])
+                                  "unreadable video", "fp16 on the cpu"])
 def test_user_errors_end_in_one_line_and_exit_code_2(case, photos, clip, tmp_path):
     args, expected = user_error_cases(photos, clip[0], tmp_path)[case]
     result = run_cli(*args, "--no-preview", "--no-virtual-cam", "--max-frames", "3")
