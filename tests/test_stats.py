@@ -23,11 +23,11 @@ def test_summary_has_the_contract_keys_and_sane_values(tmp_path):
         stats.add("animate", 0.001 * (index + 1))
         stats.frame_done(captured_at)
     summary = stats.write(tmp_path / "stats.json", "mesh",
-                          {"backend": "numpy", "providers": ["CPUExecutionProvider"]}, {"size": 256})
+                          {"backend": "numpy", "providers": ["numpy-cpu"]}, {"size": 256})
     assert CONTRACT_KEYS <= summary.keys()
     assert json.loads((tmp_path / "stats.json").read_text()) == summary
     assert summary["frames"] == 20 and summary["fps"] > 0
-    assert summary["engine"] == "mesh" and summary["providers"] == ["CPUExecutionProvider"]
+    assert summary["engine"] == "mesh" and summary["providers"] == ["numpy-cpu"]
     assert summary["stages_ms"]["detect"]["p50"] >= 2.0
     assert summary["stages_ms"]["animate"]["p50"] == pytest.approx(10.5, abs=0.01)
     assert summary["stages_ms"]["animate"]["p95"] == pytest.approx(19.05, abs=0.01)

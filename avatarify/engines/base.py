@@ -50,4 +50,4 @@ class Animator(ABC):
 
     def backend_info(self) -> dict:
         """What actually runs: {"backend": name, "providers": [...]} for the stats and the HUD."""
-        return {"backend": "numpy", "providers": ["CPUExecutionProvider"]}
+        return {"backend": "numpy", "providers": ["numpy-cpu"]}  # no onnxruntime session here
