@@ -52,8 +52,8 @@ class Settings:
                                  "CPU), then torch")
     device: str = _knob("auto", "FOMM device: auto uses CUDA when available")
     precision: str = _knob("auto", "FOMM arithmetic: auto is fp16 on a GPU and fp32 on the CPU; bf16 "
-                                   "(torch backend) is ~4x faster on CPUs with AVX-512 bf16, close "
-                                   "but not exact")
+                                   "(torch backend) is 1.8-4x faster than fp32 on CPUs with AVX-512 "
+                                   "bf16 or AMX, close but not exact")
     size: int = _knob(256, "engine resolution (square side in pixels)")
     cache_dir: Path = _knob(DEFAULT_CACHE_DIR, "where exported ONNX / TensorRT files are cached "
                                                "(keyed by the checkpoint's hash)")

@@ -330,9 +330,7 @@ class MotionTransfer:
         garroted (scaling the motion about the face centre), so tracker wobble leaves it at rest."""
         stable = self._neutral[self._stable]
         moved = float(np.abs(head(stable) - stable).mean())
-        if moved <= self._head_deadband_px:
-            return Similarity()
-        keep = 1.0 - (self._head_deadband_px / moved) ** 2
+        keep = float(garrote(moved, self._head_deadband_px)) / max(moved, 1e-12)  # 0 → identity
         return scaled_head_motion(head, complex(stable.mean()), keep)
 
     def eye_openness(self, undone: np.ndarray, eye: EyeIndices) -> float:
@@ -342,7 +340,7 @@ class MotionTransfer:
         gap = np.abs(undone[upper] - undone[lower]).mean()
         neutral_gap = np.abs(self._neutral[upper] - self._neutral[lower]).mean()
         # The deadband on the lid gap (in px, like the landmarks'), so a still eye stays as it is.
-        ratio = 1.0 + float(garrote(np.array([gap - neutral_gap]), self._deadband_px)[0]) / max(neutral_gap, 1e-6)
+        ratio = 1.0 + float(garrote(gap - neutral_gap, self._deadband_px)) / max(neutral_gap, 1e-6)
         if ratio >= 1.0:
             return ratio
         floor = self.settings.eye_closed_below

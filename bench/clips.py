@@ -384,8 +384,7 @@ class FaceRig:
         """Push the lower lip and jaw down; the lips' tear samples the seam (the cavity covers it).
         Below the jaw's new outline the unmoved neck shows (see _neck_cover)."""
         m = self.mouth
-        r0 = int(math.floor(m.seam_y.min()))
-        rows = np.arange(r0, self.canvas_size, dtype=np.float64)[:, None]
+        r0, rows = self._rows_below_seam()
         # Invert y -> y + D(y) per column. The jaw drops at least as much as the lip above it, so D
         # only stretches downward (0 <= dD/dy <~ 1): the damped step below shrinks the error by
         # |1 - 0.6 (1 + dD/dy)| <= 0.4 each time (the plain x = y - D(x) stalls as dD/dy nears 1).
@@ -399,12 +398,16 @@ class FaceRig:
         block = map_y[r0:]
         block[:] = np.where(rows >= m.seam_y, src, block)
 
+    def _rows_below_seam(self) -> tuple[int, np.ndarray]:
+        """The first canvas row the mouth can move, and the rows from there as a (R, 1) float64 column."""
+        r0 = int(math.floor(self.mouth.seam_y.min()))
+        return r0, np.arange(r0, self.canvas_size, dtype=np.float64)[:, None]
+
     def _neck_cover(self, amount_px: float) -> tuple[int, np.ndarray]:
         """Where the unmoved neck shows below the dropped jaw: (first canvas row, float32 coverage
         per row and column from there, anti-aliased along the jaw's new outline)."""
         m = self.mouth
-        r0 = int(math.floor(m.seam_y.min()))
-        rows = np.arange(r0, self.canvas_size, dtype=np.float64)[:, None]
+        r0, rows = self._rows_below_seam()
         jaw_reach = m.jaw_y + self._mouth_displacement(m.jaw_y, amount_px)
         return r0, np.clip(rows - jaw_reach + 0.5, 0.0, 1.0).astype(np.float32)[..., None]
 

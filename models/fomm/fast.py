@@ -249,10 +249,7 @@ class FastGenerator(nn.Module):
                               dtype=dtype)
 
     def decode(self, warped_features: torch.Tensor, occlusion: torch.Tensor) -> torch.Tensor:
-        if occlusion.shape[2:] != warped_features.shape[2:]:  # as OcclusionAwareGenerator.decode
-            occlusion = F.interpolate(occlusion, size=warped_features.shape[2:], mode="bilinear",
-                                      align_corners=False)
-        out = self.bottleneck(_to_compute(warped_features * occlusion, self.dtype))
+        out = self.bottleneck(_to_compute(OcclusionAwareGenerator.occlude(warped_features, occlusion), self.dtype))
         for block in self.up_blocks:
             out = block(out)
         return self.final(out).float().contiguous()

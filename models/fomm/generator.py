@@ -43,12 +43,17 @@ class OcclusionAwareGenerator(nn.Module):
             out = block(out)
         return out
 
-    def decode(self, warped_features: torch.Tensor, occlusion: torch.Tensor) -> torch.Tensor:
-        """Occlude the warped features, then bottleneck and decoder → prediction (B, 3, 256, 256)."""
+    @staticmethod
+    def occlude(warped_features: torch.Tensor, occlusion: torch.Tensor) -> torch.Tensor:
+        """The warped features times the occlusion map (resized to them bilinearly when it differs)."""
         if occlusion.shape[2:] != warped_features.shape[2:]:
             occlusion = F.interpolate(occlusion, size=warped_features.shape[2:], mode="bilinear",
                                       align_corners=False)
-        out = self.bottleneck(warped_features * occlusion)
+        return warped_features * occlusion
+
+    def decode(self, warped_features: torch.Tensor, occlusion: torch.Tensor) -> torch.Tensor:
+        """Occlude the warped features, then bottleneck and decoder → prediction (B, 3, 256, 256)."""
+        out = self.bottleneck(self.occlude(warped_features, occlusion))
         for block in self.up_blocks:
             out = block(out)
         return torch.sigmoid(self.final(out))
