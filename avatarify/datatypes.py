@@ -11,11 +11,14 @@ class FaceLandmarks:
     """Landmarks of one face, in pixels of the image they were found in.
 
     `points` is (N, 2) float32 x,y; with MediaPipe Face Mesh refined N = 478 (468 mesh + 10 iris).
+    `depth` is (N,) float32 z in the same pixel scale as x,y (Face Mesh's relative depth: smaller is
+    nearer the camera, about 0 at the face's centre), or None for 2-D-only landmark sources.
     """
 
     points: np.ndarray
     confidence: float
     image_size: tuple[int, int]  # (width, height) of the image the points live in
+    depth: np.ndarray | None = None
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -28,7 +31,10 @@ class FaceLandmarks:
         """The same landmarks mapped by a 2x3 affine `matrix` into an image of `image_size`."""
         m = np.asarray(matrix, dtype=np.float32)
         pts = self.points @ m[:, :2].T + m[:, 2]
-        return FaceLandmarks(pts.astype(np.float32), self.confidence, image_size)
+        depth = None
+        if self.depth is not None:  # depth scales with the (mean) scale of the map, like x and y
+            depth = (self.depth * np.sqrt(abs(float(np.linalg.det(m[:, :2]))))).astype(np.float32)
+        return FaceLandmarks(pts.astype(np.float32), self.confidence, image_size, depth)
 
 
 @dataclass

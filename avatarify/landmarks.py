@@ -76,8 +76,11 @@ class FaceMeshDetector:
         self._tracking = not self.static and bool(result.multi_face_landmarks)
         faces = []
         for face in result.multi_face_landmarks or []:
-            pts = np.array([(p.x * width, p.y * height) for p in face.landmark], dtype=np.float32)
-            faces.append(FaceLandmarks(pts, _in_frame_fraction(pts, width, height), (width, height)))
+            xyz = np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float32)
+            pts = xyz[:, :2] * np.float32([width, height])
+            # Face Mesh's z is in the scale of x (normalised by the image width).
+            faces.append(FaceLandmarks(pts, _in_frame_fraction(pts, width, height), (width, height),
+                                       xyz[:, 2] * np.float32(width)))
         faces.sort(key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
         return faces
 
