@@ -53,24 +53,47 @@ class FommRunner(ABC):
         """FUSED_FRAME_INPUTS feeds → prediction (1, 3, 256, 256)."""
 
     def prepare_source(self, source: np.ndarray) -> None:
-        self._source = self._source_outputs(np.ascontiguousarray(source, dtype=np.float32))
+        self._source = self.source_state(source)
         self._calibration = None
 
     def set_neutral(self, neutral: np.ndarray) -> None:
         if self._source is None:
             raise RunnerError("set_neutral needs an avatar first; call prepare_source.")
-        value, jacobian = self._keypoints(np.ascontiguousarray(neutral, dtype=np.float32))
-        cal = calibrate(torch.from_numpy(self._source["source_value"]), torch.from_numpy(value),
-                        torch.from_numpy(jacobian), adapt_scale=self.adapt_scale)
-        self._calibration = {"neutral_value": cal.neutral_value.numpy(),
-                             "neutral_jacobian_inv": cal.neutral_jacobian_inv.numpy(),
-                             "adapt_scale": cal.adapt_scale.numpy()}
+        self._calibration = self.calibration_state(self._source, neutral)
 
     def animate(self, driving: np.ndarray, strength: float = 1.0) -> np.ndarray:
         if self._source is None or self._calibration is None:
             raise RunnerError("animate needs an avatar and a neutral pose; call prepare_source and set_neutral.")
-        feeds = {"driving_image": np.ascontiguousarray(driving, dtype=np.float32), **self._source,
-                 **self._calibration, "strength": np.array([strength], dtype=np.float32)}
+        return self.animate_batch(driving, [(self._source, self._calibration)], [strength])
+
+    # -- the same work for several avatars at once (a server's sessions) ----------------------------
+    def source_state(self, source: np.ndarray) -> Arrays:
+        """Everything per avatar that the frame graph needs (SOURCE_OUTPUTS), for (1, 3, 256, 256)."""
+        return self._source_outputs(np.ascontiguousarray(source, dtype=np.float32))
+
+    def calibration_state(self, source_state: Arrays, neutral: np.ndarray) -> Arrays:
+        """Per calibration: the neutral's keypoints, inverse Jacobians and the adapt scale."""
+        value, jacobian = self._keypoints(np.ascontiguousarray(neutral, dtype=np.float32))
+        cal = calibrate(torch.from_numpy(source_state["source_value"]), torch.from_numpy(value),
+                        torch.from_numpy(jacobian), adapt_scale=self.adapt_scale)
+        return {"neutral_value": cal.neutral_value.numpy(),
+                "neutral_jacobian_inv": cal.neutral_jacobian_inv.numpy(),
+                "adapt_scale": cal.adapt_scale.numpy()}
+
+    def animate_batch(self, driving: np.ndarray, states: list[tuple[Arrays, Arrays]],
+                      strengths: list[float]) -> np.ndarray:
+        """One network pass for B frames of B avatars: driving (B, 3, 256, 256), per frame its
+        (source_state, calibration_state) and strength → predictions (B, 3, 256, 256)."""
+        if not (len(driving) == len(states) == len(strengths)):
+            raise RunnerError(f"animate_batch got {len(driving)} frames, {len(states)} states and "
+                              f"{len(strengths)} strengths; give one of each per frame.")
+        if len(states) == 1:  # the live app's case: hand the cached arrays over as they are
+            source, calibration = states[0]
+        else:
+            source = {k: np.concatenate([s[k] for s, _ in states]) for k in SOURCE_OUTPUTS}
+            calibration = {k: np.concatenate([c[k] for _, c in states]) for k in states[0][1]}
+        feeds = {"driving_image": np.ascontiguousarray(driving, dtype=np.float32), **source, **calibration,
+                 "strength": np.asarray(strengths, dtype=np.float32).reshape(-1)}
         return self._frame(feeds)
 
 

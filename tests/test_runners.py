@@ -68,6 +68,24 @@ def test_tensorrt_runner_agrees_with_torch(onnx_dir, photos, reference):
     assert np.abs(_drive(runner, photos) - reference).max() <= TOLERANCE
 
 
+def test_batch_of_two_avatars_matches_each_frame_alone(torch_runner, photos):
+    """A server's batched pass: frames of different avatars, neutrals and strengths in one call give
+    what each gives alone (the per-frame scalars must not broadcast across the batch)."""
+    source, driving, mirrored = photos
+    first = (torch_runner.source_state(source), None)
+    first = (first[0], torch_runner.calibration_state(first[0], mirrored))
+    second = (torch_runner.source_state(driving), None)
+    second = (second[0], torch_runner.calibration_state(second[0], source))
+    frames = np.concatenate([driving, mirrored])
+    batch = torch_runner.animate_batch(frames, [first, second], [0.6, 1.0])
+    alone = [torch_runner.animate_batch(frames[i:i + 1], [state], [s])[0]
+             for i, (state, s) in enumerate([(first, 0.6), (second, 1.0)])]
+    assert batch.shape == (2, 3, 256, 256)
+    assert np.abs(batch[0] - alone[0]).max() <= 1e-5
+    assert np.abs(batch[1] - alone[1]).max() <= 1e-5
+    assert np.abs(batch[0] - batch[1]).mean() > 1e-3  # two different pictures came out
+
+
 def _assert_close(got: np.ndarray, expected: np.ndarray, max_abs: float, mean_abs: float) -> None:
     diff = np.abs(got - expected)
     assert got.shape == expected.shape and got.dtype == np.float32

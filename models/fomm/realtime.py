@@ -88,12 +88,14 @@ class SourceNet(_InferenceModule):
 def transfer_motion(driving_value: torch.Tensor, driving_jacobian: torch.Tensor, source_value: torch.Tensor,
                     source_jacobian: torch.Tensor, neutral_value: torch.Tensor, neutral_jacobian_inv: torch.Tensor,
                     adapt_scale: torch.Tensor, strength: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relative keypoints and Jacobians scaled by strength (module docstring); scalars are (1,) tensors."""
-    value = (driving_value - neutral_value) * (adapt_scale * strength) + source_value
+    """Relative keypoints and Jacobians scaled by strength (module docstring); the scalars are (B,)
+    tensors, one per frame of the batch (a server batches frames of several avatars)."""
+    per_frame = strength.reshape(-1, 1, 1, 1)
+    value = (driving_value - neutral_value) * (adapt_scale * strength).reshape(-1, 1, 1) + source_value
     identity = torch.eye(2, dtype=driving_jacobian.dtype, device=driving_jacobian.device)
     relative = driving_jacobian @ neutral_jacobian_inv
     # s·R + (1−s)·I is exactly R at s = 1 and exactly I at s = 0 (no rounding at the ends).
-    blended = relative * strength + identity * (1 - strength)
+    blended = relative * per_frame + identity * (1 - per_frame)
     return value, blended @ source_jacobian
 
 
