@@ -49,5 +49,13 @@ class Animator(ABC):
         """The avatar moved as the driver moved since the neutral: BGR uint8 (size, size, 3)."""
 
     def backend_info(self) -> dict:
-        """What actually runs: {"backend": name, "providers": [...]} for the stats and the HUD."""
+        """What actually runs: {"backend": name, "providers": [...]} for the stats and the HUD, and
+        optionally "status": one HUD line about the engine's state (e.g. a remote server's)."""
         return {"backend": "numpy", "providers": ["numpy-cpu"]}  # no onnxruntime session here
+
+    def run_stats(self) -> dict:
+        """Engine-specific keys for the --stats JSON (e.g. the remote engine's `rtt_ms`)."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the engine holds beyond memory (e.g. a server connection)."""
