@@ -62,8 +62,8 @@ class Settings:
     token_file: Path = _knob(DEFAULT_TOKEN_FILE, "remote engine: file with the server's access token (the "
                                                  "server writes it at its first start)")
     transport: str = _knob("raw", "remote engine: raw sends 8-bit crops and gets float predictions "
-                                  "(identical to local FOMM; ~29 MB/s at 30 fps), jpeg sends and gets "
-                                  "JPEG (~1.3 MB/s; mean error 0.02, see README)")
+                                  "(identical to local FOMM; 236 Mbit/s at 30 fps, for a LAN), jpeg sends "
+                                  "and gets JPEG (~5 Mbit/s; small error, see README)")
     cache_dir: Path = _knob(DEFAULT_CACHE_DIR, "where exported ONNX / TensorRT files are cached "
                                                "(keyed by the checkpoint's hash)")
     # --- outputs --------------------------------------------------------------------------------

@@ -244,6 +244,11 @@ def test_health_and_metrics_are_triton_s_own_and_need_no_token(server):
     metrics = server.metrics()
     for name in ("nv_inference_queue_duration_us", "nv_inference_request_success", "nv_inference_exec_count"):
         assert f'{name}{{model="{wire.ANIMATE}"' in metrics
+    if importlib.util.find_spec("yaml") is not None:  # what the Kubernetes autoscaler reads is really there
+        from test_deploy import adapter_metric_names
+
+        for name in adapter_metric_names():
+            assert f'{name}{{model="{wire.ANIMATE}"' in metrics
 
 
 @pytest.fixture(scope="module")
@@ -376,3 +381,34 @@ def test_server_start_up_errors_are_one_line_and_exit_code_2(tmp_path, fomm_chec
         assert message in result.stderr and "Traceback" not in result.stderr
     assert (tmp_path / "token").stat().st_mode & 0o077 == 0  # the written token is the owner's alone
 
+
+
+def test_the_hud_shows_the_engine_s_status_line(tmp_path):
+    from avatarify.app import LiveApp
+    from avatarify.avatars import load_avatars
+    from avatarify.config import Settings
+    from avatarify.engines.base import Animator
+    from avatarify.stats import Stats
+
+    class Reporting(Animator):
+        def set_avatar(self, avatar_bgr, landmarks) -> None:
+            pass
+
+        def set_neutral(self, driving) -> None:
+            pass
+
+        def animate(self, driving) -> np.ndarray:
+            return np.zeros((256, 256, 3), np.uint8)
+
+        def backend_info(self) -> dict:
+            return {"backend": "remote", "providers": ["x"], "status": "server rtt 12 ms"}
+
+    photo = tmp_path / "hopper.jpg"
+    cv2.imwrite(str(photo), load_grace_hopper_bgr())
+    settings = Settings(avatar=[photo], preview=False, virtual_cam=False)
+    app = LiveApp(settings, Reporting(), load_avatars([photo], 256), source=None, sinks=[], preview=None,
+                  stats=Stats())
+    try:
+        assert app._hud_info().status[-1] == "server rtt 12 ms"
+    finally:
+        app.close()

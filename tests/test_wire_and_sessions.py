@@ -109,6 +109,8 @@ def test_server_address_defaults_the_port_and_refuses_nonsense():
     assert server_address("gpu.example.com") == "gpu.example.com:8001"
     assert server_address(" 10.0.0.5:9001 ") == "10.0.0.5:9001"
     assert server_address("[::1]:9001") == "[::1]:9001" and server_address("::1") == "[::1]:8001"
-    for bad in (None, "", "host:port", "host:0", "host:70000", ":8001"):
+    assert server_address("grpcs://avatarify.example.com") == "grpcs://avatarify.example.com:443"
+    assert server_address("grpc://10.0.0.5") == "10.0.0.5:8001"
+    for bad in (None, "", "host:port", "host:0", "host:70000", ":8001", "http://host:8000"):
         with pytest.raises(AnimatorError):
             server_address(bad)

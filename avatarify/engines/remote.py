@@ -239,7 +239,8 @@ class RemoteRunner(FommRunner):
 
         deadline = time.monotonic() + self.connect_timeout_s
         reason = "no answer"
-        client = InferenceServerClient(self.server)
+        tls = self.server.startswith("grpcs://")  # trusted roots: the system's, or $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH
+        client = InferenceServerClient(self.server.removeprefix("grpcs://"), ssl=tls)
         while True:
             try:
                 # Triton loads the models one after the other and says "ready" in between: ask for both.
@@ -340,19 +341,22 @@ class RemoteAnimator(FommAnimator):
 
 
 def server_address(text: str | None) -> str:
-    """`--server HOST[:PORT]` → "HOST:PORT" (port 8001 by default); AnimatorError when unusable."""
+    """`--server [grpcs://]HOST[:PORT]` → "HOST:PORT", or "grpcs://HOST:PORT" for TLS (through a proxy,
+    README: Serving many users). The port defaults to 8001, or 443 with TLS. AnimatorError when unusable."""
     if not text:
         raise AnimatorError("--engine remote needs --server HOST:PORT (the machine running "
                             "`python -m avatarify.server`).")
     text = text.strip()
-    host, separator, port = text.rpartition(":")
+    scheme, _, rest = text.rpartition("://")
+    if scheme not in ("", "grpc", "grpcs"):
+        raise AnimatorError(f"--server {text}: use HOST:PORT, or grpcs://HOST[:PORT] for TLS.")
+    host, separator, port = rest.rpartition(":")
     if not separator or (":" in host and not host.startswith("[")):  # no port, or a bare IPv6 address
-        host, port = text, ""
-    if not port:
-        return f"[{host}]:{DEFAULT_PORT}" if ":" in host and not host.startswith("[") else f"{host}:{DEFAULT_PORT}"
+        host, port = rest, str(443 if scheme == "grpcs" else DEFAULT_PORT)
+        host = f"[{host}]" if ":" in host else host
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise AnimatorError(f"--server {text} is not HOST:PORT (e.g. gpu.example.com:8001).")
-    return f"{host}:{port}"
+    return f"{'grpcs://' if scheme == 'grpcs' else ''}{host}:{port}"
 
 
 def create_remote_animator(server: str | None, token_file: Path, transport: str = "raw", size: int = 256,
