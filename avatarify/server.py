@@ -17,30 +17,25 @@ stderr for errors the operator can fix (missing checkpoint, port in use, unfit t
 """
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+import secrets
+import signal
+import socket
+import sys
+import sysconfig
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
-# Before OpenCV loads (avatarify.wire imports it): a decoded upload may have at most 256×256 pixels,
-# so a small JPEG that claims to be huge is refused before memory is spent on it.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(256 * 256))
+import numpy as np
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import secrets  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import sys  # noqa: E402
-import sysconfig  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections import OrderedDict  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from avatarify import wire  # noqa: E402
-from avatarify.wire import WireError  # noqa: E402
+from avatarify import wire
+from avatarify.wire import WireError
 
 log = logging.getLogger("avatarify.server")
 
@@ -112,7 +107,7 @@ class SessionStore:
             self._expire()
             session = self._sessions.get(session_id)
             if session is None:
-                raise WireError("Unknown or expired session; send the avatar again (set_avatar).")
+                raise WireError(wire.UNKNOWN_SESSION)
             session.last_used = self.clock()
             self._sessions.move_to_end(session_id)
             return session

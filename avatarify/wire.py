@@ -36,6 +36,9 @@ RAW_IMAGE_BYTES = int(np.prod(IMAGE_SHAPE))
 MAX_IMAGE_BYTES = 1 << 20  # a 256² JPEG at quality 90 is ~30 kB; anything near 1 MiB is not a frame
 MAX_SESSION_BYTES = 64
 MAX_STRENGTH = 4.0
+# The reply to a session the server does not know (expired, evicted, restarted server, another pod):
+# the client answers it by sending its avatar again.
+UNKNOWN_SESSION = "Unknown or expired session; send the avatar again (set_avatar)."
 # Triton's restricted-protocol check: HTTP clients send TOKEN_HEADER, gRPC clients the prefixed form.
 TOKEN_HEADER = "triton-access-token"
 GRPC_TOKEN_HEADER = "triton-grpc-protocol-" + TOKEN_HEADER
@@ -91,16 +94,48 @@ def decode_image(data: bytes, what: str = "image") -> np.ndarray:
         return u8_to_network(np.frombuffer(data, dtype=np.uint8).reshape(IMAGE_SHAPE))
     if not data.startswith(_MAGIC):
         raise WireError(f"The {what} is neither {RAW_IMAGE_BYTES} raw bytes (3×256×256 RGB) nor a JPEG/PNG file.")
+    # A small file can claim a huge picture: its header is read first, so nothing that is not 256×256
+    # gets decoded (and no memory is spent on it).
+    declared = declared_size(data)
+    if declared != (IMAGE_SIZE, IMAGE_SIZE):
+        shape = "of unreadable size" if declared is None else "{}×{}".format(*declared)
+        raise WireError(f"The {what} must be a 256×256 8-bit RGB image; it is {shape}.")
     try:
-        # The server caps decoded images at 256×256 pixels (OPENCV_IO_MAX_IMAGE_PIXELS): a small file
-        # that claims a huge picture is refused before any memory is spent on it.
         bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
         bgr = None
     if bgr is None or bgr.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or bgr.dtype != np.uint8:
         shape = "undecodable" if bgr is None else f"{bgr.shape} {bgr.dtype}"
-        raise WireError(f"The {what} must decode to 256×256 8-bit RGB; it is {shape}.")
+        raise WireError(f"The {what} must be a 256×256 8-bit RGB image; it is {shape}.")
     return u8_to_network(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1)))
+
+
+_JPEG_FRAME_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) that a PNG's IHDR or a JPEG's frame header states, without decoding; None if
+    the header cannot be read."""
+    if data.startswith(_MAGIC[1]):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return None
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    index = 2  # after SOI; walk the marker segments up to the frame header
+    while index + 9 <= len(data):
+        if data[index] != 0xFF:
+            return None
+        marker = data[index + 1]
+        if marker == 0xFF:  # fill byte
+            index += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            index += 2
+            continue
+        if marker in _JPEG_FRAME_MARKERS:
+            height = int.from_bytes(data[index + 5:index + 7], "big")
+            return int.from_bytes(data[index + 7:index + 9], "big"), height
+        index += 2 + int.from_bytes(data[index + 2:index + 4], "big")
+    return None
 
 
 def decode_jpeg_prediction(data: bytes) -> np.ndarray:

@@ -4,16 +4,18 @@
 
 Starts `python -m avatarify.server` (CPU unless --device cuda; random weights in the official layout
 when no --checkpoint is given) and, for each client count, that many RemoteRunners, the live app's own
-client (one frame in flight, late frames dropped), each ticking at --fps with frames of a synthesized
-driving clip and its own avatar. Clients and server wait up to --deadline-s for a reply (default 60 s,
-so slow CPU rounds are measured rather than dropped); `within_live_deadline` is the share of replies
-that the app's live client (1 s deadline) would have shown. Measured per level: round trip p50/p95 (frame sent → prediction
-received), delivered fps per client (new predictions per second), frames refused as late, mean batch
-size and queue time (Triton's own metrics: inferences / executions), server throughput (frames/s) and
-its ratio to one client (batch 1), and payload bandwidth per user (bytes that cross the wire per frame
-× delivered fps; gRPC framing adds little). Also: the network alone at batch 1, 4 and 16 in this
-process (before the server starts), and both transports' bytes per frame and error against the local
-torch runner on the clip. Writes DIR/serve_perf.json and DIR/serve_perf.png.
+client (one frame in flight: a frame goes out when the last reply is in), each offering --fps frames
+of a synthesized driving clip with its own avatar. Clients and server wait up to --deadline-s for a
+reply (default 60 s, so slow CPU rounds are measured rather than dropped); `within_live_deadline` is
+the share of replies the app's live client (1 s deadline) would have shown.
+
+Per client count: round trip p50/p95 (frame sent → prediction received), delivered fps per client
+(new predictions per second), frames refused or late, mean batch size and mean queue time (Triton's
+own metrics: inferences / executions), server throughput (predictions delivered per second) and its
+ratio to one client (batch 1), and payload bandwidth per user (bytes that crossed the wire; gRPC
+framing adds little). Also: the server's runner alone at batch 1, 4 and 16 in this process (before the
+server starts), and each transport's bytes per frame and error against the local torch runner on the
+clip. Writes DIR/serve_perf.json and DIR/serve_perf.png.
 """
 from __future__ import annotations
 
@@ -49,7 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="folder for serve_perf.json and serve_perf.png")
     parser.add_argument("--checkpoint", type=Path, default=None, help="FOMM checkpoint (default: random weights)")
     parser.add_argument("--clients", default="1,4,16", help="client counts, comma-separated (default: 1,4,16)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per client count")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per client count, at least")
+    parser.add_argument("--min-replies", type=int, default=3,
+                        help="the window stays open until every client has this many replies (default: 3)")
+    parser.add_argument("--max-seconds", type=float, default=300.0, help="longest window per client count")
     parser.add_argument("--fps", type=float, default=30.0, help="frames each client offers per second")
     parser.add_argument("--transport", choices=wire.TRANSPORTS, default="raw")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -122,71 +127,76 @@ class SimulatedClient:
         self.runner.prepare_source(avatar)
         self.offered = 0
 
-    def run(self, frames: list[np.ndarray], fps: float, until: float, phase: float) -> None:
+    def run(self, frames: list[np.ndarray], fps: float, stop: threading.Event, phase: float) -> None:
         next_tick = time.perf_counter() + phase
-        while next_tick < until:
+        while not stop.is_set():
             time.sleep(max(0.0, next_tick - time.perf_counter()))
             self.runner.animate(frames[self.offered % len(frames)], STRENGTH)
             self.offered += 1
             next_tick += 1.0 / fps
 
-    def counters(self) -> tuple[int, int, int, int]:
+    @property
+    def replies(self) -> int:
+        return len(self.runner.rtt_ms)
+
+    def counters(self) -> np.ndarray:
         r = self.runner
-        return len(r.rtt_ms), r.late_replies, r.bytes_sent, r.bytes_received
+        return np.array([len(r.rtt_ms), r.late_replies, r.bytes_sent, r.bytes_received])
+
+
+TRITON_COUNTERS = ("nv_inference_count", "nv_inference_exec_count", "nv_inference_queue_duration_us",
+                   "nv_inference_request_success")
+
+
+def wait_for(condition, limit_s: float) -> None:
+    deadline = time.perf_counter() + limit_s
+    while not condition() and time.perf_counter() < deadline:
+        time.sleep(0.1)
 
 
 def measure_level(server: ServerProcess, token: str, args: argparse.Namespace, clients: int,
                   frames: list[np.ndarray]) -> dict:
-    transport, seconds, fps = args.transport, args.seconds, args.fps
+    """The clients run without pause; the window opens once each has its first reply and closes after
+    --seconds once each has --min-replies more (a slow CPU needs more than --seconds for that)."""
     pictures = avatars()
-    users = [SimulatedClient(server, token, transport, pictures[i % len(pictures)], args.deadline_s)
+    users = [SimulatedClient(server, token, args.transport, pictures[i % len(pictures)], args.deadline_s)
              for i in range(clients)]
-    warm_until = time.perf_counter() + 2.0  # the first replies come slower: measure after them
-    threads = [threading.Thread(target=u.run, args=(frames, fps, warm_until, i / (fps * clients)))
+    stop = threading.Event()
+    threads = [threading.Thread(target=u.run, args=(frames, args.fps, stop, i / (args.fps * clients)))
                for i, u in enumerate(users)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    time.sleep(2.5)  # Triton refreshes its metrics every 2 s
-    before = {name: server.metric(name, wire.ANIMATE) for name in
-              ("nv_inference_count", "nv_inference_exec_count", "nv_inference_queue_duration_us",
-               "nv_inference_request_success")}
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: all(u.replies >= 1 for u in users), args.deadline_s)  # first replies come slower
+    triton_before = {name: server.metric(name, wire.ANIMATE) for name in TRITON_COUNTERS}
     counters_before = [u.counters() for u in users]
-    rtt_start = [len(u.runner.rtt_ms) for u in users]
     start = time.perf_counter()
-    until = start + seconds
-    threads = [threading.Thread(target=u.run, args=(frames, fps, until, i / (fps * clients)))
-               for i, u in enumerate(users)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    wait_for(lambda: time.perf_counter() - start >= args.seconds
+             and all(u.replies - c[0] >= args.min_replies for u, c in zip(users, counters_before)),
+             args.max_seconds)
     elapsed = time.perf_counter() - start
-    time.sleep(1.5)  # let the last frames in flight land before reading the counters
-    counters = [np.subtract(u.counters(), b) for u, b in zip(users, counters_before)]
-    time.sleep(2.5)
-    after = {name: server.metric(name, wire.ANIMATE) for name in before}
-    delta = {name: after[name] - before[name] for name in before}
-    rtts = np.concatenate([np.frombuffer(u.runner.rtt_ms, dtype=np.float64)[s:] for u, s in zip(users, rtt_start)])
-    replies = np.array([c[0] for c in counters], dtype=float)
-    late = int(sum(c[1] for c in counters))
-    up, down = sum(c[2] for c in counters), sum(c[3] for c in counters)
+    counters = [u.counters() - c for u, c in zip(users, counters_before)]
+    rtts = np.concatenate([np.asarray(u.runner.rtt_ms)[int(c[0]):] for u, c in zip(users, counters_before)])
+    stop.set()
+    for thread in threads:
+        thread.join()
+    time.sleep(2.5)  # Triton refreshes its metrics every 2 s
+    delta = {name: server.metric(name, wire.ANIMATE) - triton_before[name] for name in TRITON_COUNTERS}
     for user in users:
         user.runner.close()
+    replies = np.array([c[0] for c in counters], dtype=float)
     delivered = replies / elapsed
+    up, down = sum(c[2] for c in counters), sum(c[3] for c in counters)
     result = {
         "clients": clients,
         "seconds": round(elapsed, 2),
-        "offered_fps_per_client": fps,
+        "offered_fps_per_client": args.fps,
         "rtt_ms": percentiles(rtts) if len(rtts) else {"p50": None, "p95": None},
         "within_live_deadline": round(float(np.mean(rtts <= LIVE_LATE_AFTER_S * 1000.0)), 3) if len(rtts) else None,
         "delivered_fps_per_client": {"mean": round(float(delivered.mean()), 2),
                                      "min": round(float(delivered.min()), 2)},
-        "late_or_refused_frames": late,
+        "late_or_refused_frames": int(sum(c[1] for c in counters)),
         "disconnects": sum(u.runner.disconnects for u in users),
-        "server_frames": int(delta["nv_inference_count"]),
-        "server_throughput_fps": round(delta["nv_inference_count"] / elapsed, 2),
+        "server_throughput_fps": round(float(replies.sum()) / elapsed, 2),
         "mean_batch_size": round(delta["nv_inference_count"] / max(delta["nv_inference_exec_count"], 1), 2),
         "mean_queue_ms": round(delta["nv_inference_queue_duration_us"] / 1000.0
                                / max(delta["nv_inference_request_success"], 1), 1),

@@ -59,6 +59,13 @@ def test_idle_sessions_expire_and_the_memory_cap_drops_the_least_recently_used()
             store.get(gone)
 
 
+def test_declared_sizes_are_read_from_jpeg_and_png_headers():
+    for width, height in ((256, 256), (640, 480), (31, 7)):
+        image = np.zeros((height, width, 3), np.uint8)
+        for ext in (".jpg", ".png"):
+            assert wire.declared_size(cv2.imencode(ext, image)[1].tobytes()) == (width, height)
+
+
 def test_images_cross_the_wire_raw_exactly_and_as_jpeg_closely():
     image = bgr_to_network(load_astronaut_bgr())  # what the app hands a runner: 8-bit values
     raw = wire.encode_image(image, "raw")
@@ -73,9 +80,13 @@ def test_images_cross_the_wire_raw_exactly_and_as_jpeg_closely():
     (b"", "is empty"),
     (b"\x00" * 1000, "neither 196608 raw bytes"),
     (b"\x00" * (wire.MAX_IMAGE_BYTES + 1), "at most"),
-    (b"\xff\xd8\xff" + b"\x00" * 500, "undecodable"),
+    (b"\xff\xd8\xff" + b"\x00" * 500, "of unreadable size"),
     (cv2.imencode(".png", np.zeros((256, 256), np.uint8))[1].tobytes(), "(256, 256)"),
     (cv2.imencode(".png", np.zeros((256, 256, 4), np.uint8))[1].tobytes(), "(256, 256, 4)"),
+    (cv2.imencode(".png", np.zeros((256, 128, 3), np.uint8))[1].tobytes(), "128×256"),
+    # A JPEG header that claims 60000×60000 pixels, then nothing: refused from the header alone.
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+     b"\xff\xc0\x00\x11\x08\xea\x60\xea\x60\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01", "60000×60000"),
 ])
 def test_images_that_do_not_fit_are_refused_with_a_reason(data, message):
     with pytest.raises(wire.WireError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8001
 LIVE_LATE_AFTER_S = 1.0
 FILE_LATE_AFTER_S = 30.0
-UNKNOWN_SESSION = "Unknown or expired session"
 
 
 class _Lost(Exception):
@@ -185,7 +184,7 @@ class RemoteRunner(FommRunner):
         self._replied.set()
 
     def _refused(self, message: str) -> None:
-        if message.startswith(UNKNOWN_SESSION):
+        if message == wire.UNKNOWN_SESSION:
             self._lost("the server lost this session")
         elif self.status != message:
             self.status = message
@@ -217,7 +216,7 @@ class RemoteRunner(FommRunner):
                 self._session = result.as_numpy("session")[0].decode()
                 self.providers = [f"{result.as_numpy('runner')[0].decode()}@{self.server}"]
                 return
-            if not message.startswith(UNKNOWN_SESSION):
+            if message != wire.UNKNOWN_SESSION:
                 raise _Lost(f"the server refused the avatar: {message}")
         raise _Lost("the server keeps losing this session")
 
@@ -292,8 +291,8 @@ class RemoteRunner(FommRunner):
             with self._send_lock:
                 try:
                     self._set_avatar(avatar=True)
-                except _Lost as exc:
-                    log.debug("reconnect: %s", exc)
+                except _Lost as exc:  # e.g. a restarted server with another token: say so on the HUD
+                    self.status = f"server {self.server}: {exc}; avatar held, reconnecting"
                     continue
                 with self._lock:
                     self._connected = True
@@ -304,9 +303,11 @@ class RemoteRunner(FommRunner):
 
 
 def is_late(error: Exception) -> bool:
-    """The client's deadline passed, or the server's queue refused a frame that waited too long."""
+    """The client's deadline passed, or the server's queue refused a frame (it waited too long, or the
+    queue is full): the frame is dropped, the connection is fine."""
     text = str(error)
-    return "DEADLINE_EXCEEDED" in text or "Deadline Exceeded" in text or "Request timeout expired" in text
+    return any(sign in text for sign in ("DEADLINE_EXCEEDED", "Deadline Exceeded", "Request timeout expired",
+                                         "maximum queue size"))
 
 
 def _reason(exc: Exception) -> str:
