@@ -13,7 +13,10 @@ Per avatar, once:
     widened over hair and skull, feathered), all precomputed.
 Per frame, `PasteBack.paste` puts a network prediction back into the full-resolution picture under
 that mask, the mask widened to where the head has moved, with the prediction's colour matched to
-the photo across the seam. Outside the mask the photo's own pixels stay.
+the photo across the seam. Outside the mask the photo's own pixels stay. Inside it, what the network
+did not change keeps the photo's full-resolution detail: given the network's own picture of the
+avatar at rest (`reference`), the output is the photo plus the predicted change where the change is
+small, and the prediction itself where it is large; at the neutral pose that is the photo, exactly.
 
 Inputs and outputs are BGR uint8 pictures and `FaceLandmarks` in their pixels. The camera-size
 fitting of frames that are not the camera's size (passthrough, `--framing crop`) is `to_camera`.
@@ -191,6 +194,11 @@ CROP_EDGE_FADE = 0.04  # the mask fades out over this share of the crop side bef
 COLOUR_DOWN = 4  # the colour-match field is computed at 1/COLOUR_DOWN resolution (it is smooth)
 COLOUR_REACH = 0.35  # how far (share of the face size) the seam's colour difference reaches inward
 COLOUR_LIMIT = 24.0  # at most this many 8-bit levels of colour correction
+# Detail: where the prediction differs from the network's picture of the avatar at rest by less
+# than this (8-bit levels, after a small blur), the photo keeps its own full-resolution pixels plus
+# the predicted change; above it the prediction replaces them (moved features, an open mouth).
+CHANGE_FULL = 24.0
+CHANGE_BLUR = 1.5  # px of the network crop: single noisy pixels do not switch a spot to the prediction
 
 
 class PasteBack:
@@ -226,6 +234,7 @@ class PasteBack:
         self.mask = self._head_mask(landmarks, side)
         self._picture_roi = self.picture_bgr[self.roi].astype(np.float32)
         self._seam = self._seam_weights()
+        self.reference: np.ndarray | None = None  # float32 crop: the network's avatar at rest
         self.last_mask: np.ndarray | None = None  # the mask of the last paste (tests, bench)
 
     # -- per avatar ----------------------------------------------------------------------------
@@ -258,11 +267,24 @@ class PasteBack:
         h, w = self.mask.shape
         return max(w // COLOUR_DOWN, 1), max(h // COLOUR_DOWN, 1)
 
+    def set_reference(self, reference_bgr: np.ndarray) -> None:
+        """The network's prediction for the avatar at rest (strength 0): what 'no change' looks
+        like at the network's resolution and colour."""
+        self.reference = np.asarray(reference_bgr, dtype=np.float32)
+
     # -- per frame -----------------------------------------------------------------------------
     def warped_prediction(self, prediction_bgr: np.ndarray) -> np.ndarray:
-        """The (crop_size, crop_size) prediction mapped into the ROI's pixels."""
+        """A (crop_size, crop_size) picture (prediction, or any per-pixel map) in the ROI's pixels."""
         return cv2.remap(prediction_bgr, self.maps[0], self.maps[1], cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REPLICATE)
+
+    def _with_photo_detail(self, prediction_bgr: np.ndarray, matched: np.ndarray) -> np.ndarray:
+        """Photo + predicted change where the change is small, the prediction where it is large."""
+        change = prediction_bgr.astype(np.float32) - self.reference
+        amount = cv2.GaussianBlur(np.abs(change).max(axis=2), (0, 0), CHANGE_BLUR)
+        replace = self.warped_prediction(np.clip(amount / CHANGE_FULL, 0.0, 1.0))[..., None]
+        kept = self._picture_roi + self.warped_prediction(change)
+        return kept + replace * (matched - kept)
 
     def moved_mask(self, head: Similarity | None) -> np.ndarray:
         """The avatar's head mask, widened to where the head now is (union with the mask moved by
@@ -296,11 +318,13 @@ class PasteBack:
     def paste(self, prediction_bgr: np.ndarray, head: Similarity | None = None) -> np.ndarray:
         """The picture with the prediction blended in under the (moved) head mask."""
         warped = self.warped_prediction(prediction_bgr).astype(np.float32)
-        matched = self.colour_matched(warped)
+        inside = self.colour_matched(warped)
+        if self.reference is not None:
+            inside = self._with_photo_detail(prediction_bgr, inside)
         mask = self.moved_mask(head)
         self.last_mask = mask
         roi = self._picture_roi
-        blended = roi + mask[..., None] * (matched - roi)
+        blended = roi + mask[..., None] * (inside - roi)
         output = self.picture_bgr.copy()
         output[self.roi] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
         return output

@@ -25,8 +25,6 @@ TOLERANCE = 1e-4
 FP32_MAX, FP32_MEAN = 2e-3, 2e-5
 BF16_MAX, BF16_MEAN = 0.05, 3e-3
 FP16_MAX, FP16_MEAN = 0.01, 5e-4
-# The paste-back shifts the prediction's colour toward the photo's by at most compose.COLOUR_LIMIT.
-COLOUR_TOLERANCE = 25
 
 
 @pytest.fixture(scope="module")
@@ -185,15 +183,13 @@ def test_fomm_paste_back_at_rest_gives_back_the_photo(framed_hopper):
     animator = FommAnimator(_SourceRunner())
     animator.set_avatar(picture, landmarks)
     out = animator.animate(_frame(animator.paste_back.crop_bgr))
-    error = np.abs(out.astype(np.float32) - picture)
-    # Only the resampling through the 256 crop remains: a fraction of a level on average.
-    assert error.mean() <= 1.5 and np.percentile(error, 99) <= 24
+    np.testing.assert_array_equal(out, picture)  # the prediction is the reference: no change, all photo
 
 
-def test_fomm_animator_strength_zero_is_the_source_reconstruction(torch_runner, astronaut_bgr,
-                                                                  grace_hopper_bgr, fomm_checkpoint):
-    """With --framing crop (the picture is the network's crop) and strength 0, the pasted face is
-    FOMM's own reconstruction of the avatar."""
+def test_fomm_at_rest_is_the_photo_and_its_reference_is_the_source_reconstruction(
+        torch_runner, astronaut_bgr, grace_hopper_bgr, fomm_checkpoint):
+    """Strength 0: the network gives its reconstruction of the avatar (its reference, checked against
+    the official generator), and the paste-back turns that into the photo itself, full detail."""
     import cv2
     import torch
 
@@ -207,6 +203,7 @@ def test_fomm_animator_strength_zero_is_the_source_reconstruction(torch_runner, 
     animator.set_avatar(framed.image_bgr, framed.landmarks)
     animator.set_neutral(_frame(framed.image_bgr))
     still = animator.animate(_frame(cv2.resize(grace_hopper_bgr, (256, 256)), motion_scale=0.0))
+    np.testing.assert_array_equal(still, framed.image_bgr)
 
     kp_detector, generator = load_fomm(fomm_checkpoint)
     with torch.inference_mode():
@@ -214,8 +211,4 @@ def test_fomm_animator_strength_zero_is_the_source_reconstruction(torch_runner, 
         kp = kp_detector(source)
         reconstruction = generator(source, kp_driving=kp, kp_source=kp)["prediction"][0]
     expected = (reconstruction.permute(1, 2, 0).numpy()[:, :, ::-1] * 255).round()
-    # The crop is the whole picture: where the head mask is full, the picture is the prediction.
-    full = animator.paste_back.last_mask >= 0.999
-    assert full.mean() > 0.2
-    error = np.abs(still.astype(np.float32) - expected)[full]
-    assert np.percentile(error, 99) <= COLOUR_TOLERANCE
+    assert np.abs(animator.paste_back.reference - expected).max() <= 1.0

@@ -91,6 +91,8 @@ class FommAnimator(Animator):
         self.runner.prepare_source(source)
         # Until a neutral is set, the avatar itself is the reference pose: animate stays usable.
         self.runner.set_neutral(source)
+        # The network's avatar at rest: where a prediction matches it, the photo's own detail stays.
+        self.paste_back.set_reference(network_to_bgr(self.runner.animate(source, 0.0)))
         self._has_neutral = False
         self._neutral_points = None
 
