@@ -145,6 +145,33 @@ def test_remote_prediction_matches_local_torch_raw_exactly_and_jpeg_within_its_l
         runner.close()
 
 
+def test_remote_engine_gives_the_local_engine_s_call_picture(server, token_file, local, references):
+    """The whole engine, paste-back included, live (pipelined) as the app runs it from a camera."""
+    from avatarify.compose import frame_photo
+    from avatarify.datatypes import DrivingFrame
+    from avatarify.engines.fomm import FommAnimator
+    from avatarify.engines.remote import RemoteAnimator
+    from avatarify.landmarks import FaceMeshDetector
+
+    photo = load_grace_hopper_bgr()
+    with FaceMeshDetector(static=True) as detector:
+        framed = frame_photo(photo, detector.detect(photo), 640, 360)
+    driving = DrivingFrame(cv2.resize(load_astronaut_bgr(), (256, 256), interpolation=cv2.INTER_AREA), None, 0.0)
+    engines = [FommAnimator(local), RemoteAnimator(RemoteRunner(server.address, wire.read_token(token_file),
+                                                                late_after_s=30.0))]
+    for engine in engines:
+        engine.set_avatar(framed.image_bgr, framed.landmarks)
+        engine.set_neutral(DrivingFrame(engine.paste_back.crop_bgr, None, 0.0))
+    want = engines[0].animate(driving)
+    try:
+        # Live, a frame's picture comes with a later call; until then the newest one received is shown.
+        assert wait_until(lambda: np.abs(engines[1].animate(driving).astype(int) - want).max() <= 1, 60)
+        assert engines[1].backend_info()["status"].startswith("server rtt")
+        assert "rtt_ms" in engines[1].run_stats()
+    finally:
+        engines[1].close()
+
+
 def test_frames_of_several_sessions_are_batched_and_each_gets_its_own_avatar(server, token_file, images,
                                                                                references):
     token = wire.read_token(token_file)
@@ -281,7 +308,8 @@ def test_live_app_animates_through_the_server_and_reports_round_trips(server, to
     assert stats["engine"] == "remote" and stats["frames"] == 4
     assert stats["providers"] == [f"torch-cpu-optimized@{server.address}"]
     assert 0 < stats["rtt_ms"]["p50"] <= stats["rtt_ms"]["p95"]
-    assert stats["remote"]["replies"] == 4 and stats["remote"]["late_replies"] == 0  # a file waits for each frame
+    # A file waits for each frame: 4 replies, plus the avatar's picture at rest that set_avatar asks for.
+    assert stats["remote"]["replies"] == 4 + 1 and stats["remote"]["late_replies"] == 0
     assert {"latency_ms", "stages_ms", "fps", "peak_rss_mb", "startup_s"} <= stats.keys()
 
 
@@ -411,7 +439,7 @@ def test_the_hud_shows_the_engine_s_status_line(tmp_path):
             pass
 
         def animate(self, driving) -> np.ndarray:
-            return np.zeros((256, 256, 3), np.uint8)
+            return np.zeros((720, 1280, 3), np.uint8)
 
         def backend_info(self) -> dict:
             return {"backend": "remote", "providers": ["x"], "status": "server rtt 12 ms"}
@@ -419,7 +447,7 @@ def test_the_hud_shows_the_engine_s_status_line(tmp_path):
     photo = tmp_path / "hopper.jpg"
     cv2.imwrite(str(photo), load_grace_hopper_bgr())
     settings = Settings(avatar=[photo], preview=False, virtual_cam=False)
-    app = LiveApp(settings, Reporting(), load_avatars([photo], 256), source=None, sinks=[], preview=None,
+    app = LiveApp(settings, Reporting(), load_avatars([photo]), source=None, sinks=[], preview=None,
                   stats=Stats())
     try:
         assert app._hud_info().status[-1] == "server rtt 12 ms"

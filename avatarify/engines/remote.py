@@ -9,7 +9,8 @@ Live behaviour (wire format in avatarify/wire.py):
 - per frame: at most one frame in flight. `animate` sends the newest frame only when no reply is
   pending and returns the newest prediction received, so a slow server lowers the avatar's frame rate
   instead of queuing frames; a reply later than `late_after_s` is dropped (the gRPC deadline). With
-  `wait_for_reply` (video files, where no frame may be skipped) each call waits for its own reply.
+  `wait_for_reply` (video files, where no frame may be skipped) each call waits for its own reply, and
+  so does the first frame after a new avatar (FommAnimator's picture of the avatar at rest).
 - server gone: the avatar holds its last picture, one log line and a HUD status say so, a background
   thread reconnects and re-sends the avatar and neutral; the app never sees an exception. A server that
   lost the session (restart, idle expiry, another pod) is sent the avatar again the same way.
@@ -67,6 +68,8 @@ class RemoteRunner(FommRunner):
         self._latest: np.ndarray | None = None
         self._sent_at: float | None = None    # the frame in flight, if any
         self._replied = threading.Event()
+        self._replied.set()                   # nothing in flight
+        self._first_frame = False             # the next frame is the first of a new avatar
         self._connected = True
         self._closed = False
         self._reconnector: threading.Thread | None = None
@@ -94,6 +97,7 @@ class RemoteRunner(FommRunner):
                 self._neutral = None
                 self._generation += 1
                 self._latest = np.ascontiguousarray(source, dtype=np.float32)  # held until a reply comes
+                self._first_frame = True
             self._send_state(avatar=True)
 
     def set_neutral(self, neutral: np.ndarray) -> None:
@@ -111,11 +115,16 @@ class RemoteRunner(FommRunner):
     def animate(self, driving: np.ndarray, strength: float = 1.0) -> np.ndarray:
         if self._avatar is None:
             raise RunnerError("animate needs an avatar; call prepare_source.")
+        # FommAnimator.set_avatar takes the first frame of a new avatar (the avatar at strength 0) as
+        # the network's picture of it at rest, for the paste-back: that one waits for its own reply.
+        first, self._first_frame = self._first_frame, False
+        if first:
+            self._replied.wait(self.late_after_s + 0.5)  # a frame of the previous avatar lands first
         with self._lock:
             idle = self._connected and self._sent_at is None
         if idle:
             self._send_frame(driving, strength)
-        if self.wait_for_reply:
+        if self.wait_for_reply or first:
             self._replied.wait(self.late_after_s + 0.5)
         with self._lock:
             return self._latest
@@ -360,7 +369,7 @@ def server_address(text: str | None) -> str:
     return f"{'grpcs://' if scheme == 'grpcs' else ''}{host}:{port}"
 
 
-def create_remote_animator(server: str | None, token_file: Path, transport: str = "raw", size: int = 256,
+def create_remote_animator(server: str | None, token_file: Path, transport: str = "raw", margin: float = 0.3,
                            wait_for_reply: bool = False) -> RemoteAnimator:
     """The remote engine, connected and with its token checked; AnimatorError (one sentence) if not."""
     address = server_address(server)
@@ -375,4 +384,4 @@ def create_remote_animator(server: str | None, token_file: Path, transport: str 
     except (wire.WireError, RunnerError) as exc:
         raise AnimatorError(str(exc)) from None
     log.info("remote engine: %s runs FOMM (%s transport)", runner.providers[0], transport)
-    return RemoteAnimator(runner, size)
+    return RemoteAnimator(runner, margin)
