@@ -28,6 +28,9 @@ class Animator(ABC):
     """
 
     name: str = "base"
+    # Capture time of the driving frame that the last `animate` picture shows; None means the frame
+    # just given. Set by engines that run a frame ahead (engines/pipelined.py), for the latency stats.
+    shown_timestamp: float | None = None
 
     def __init__(self, size: int = 256) -> None:
         if size not in (256, 512):

@@ -48,10 +48,14 @@ class FommAnimator(Animator):
 
     name = "fomm"
 
-    def __init__(self, runner: FommRunner, size: int = 256) -> None:
+    def __init__(self, runner: FommRunner, size: int = 256, frame_io=None) -> None:
         super().__init__(size)
         self.runner = runner
         self._has_neutral = False
+        # On a GPU, avatarify.device_io converts the crop and the prediction where the network runs
+        # (`predict_bgr(crop_bgr, strength)`); None converts with numpy and OpenCV on the host.
+        self.frame_io = frame_io
+        self.details: dict = {}  # how the backend was chosen (avatarify.backends), for stats and HUD
 
     @classmethod
     def create(cls, backend: str, checkpoint: str | Path | None = None, onnx_dir: str | Path | None = None,
@@ -89,7 +93,11 @@ class FommAnimator(Animator):
         if not self._has_neutral:
             self.set_neutral(driving)  # first frame is the neutral, as FOMM's demo does
         strength = float(self.strength) * float(driving.motion_scale)
+        if self.frame_io is not None:
+            prediction = self.frame_io.predict_bgr(driving.crop_bgr, strength)
+            return prediction if self.size == NETWORK_SIZE else cv2.resize(
+                prediction, (self.size, self.size), interpolation=cv2.INTER_CUBIC)
         return network_to_bgr(self.runner.animate(bgr_to_network(driving.crop_bgr), strength), self.size)
 
     def backend_info(self) -> dict:
-        return {"backend": self.runner.name, "providers": list(self.runner.providers)}
+        return {"backend": self.runner.name, "providers": list(self.runner.providers), **self.details}
