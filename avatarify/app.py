@@ -1,7 +1,8 @@
 """The live app: the one place that knows the order of the stages and wires them together.
 
 Per frame: capture → face landmarks → smoothed square driving crop → calibration (neutral pose,
-find-best-frame) → engine → sinks (virtual camera, video file) → preview with HUD → hotkeys.
+find-best-frame) → engine (the avatar picture animated at the camera's size) → sinks (virtual camera,
+video file: the same frame) → preview with HUD → hotkeys.
 Input: `Settings` (from the command line). Output: frames on the sinks and, with --stats, the
 statistics JSON. `main` turns the errors a user can cause into one line on stderr and exit code 2.
 `animate_file` is the offline path: a photo animated by a driving video into an mp4.
@@ -20,22 +21,25 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from avatarify.avatars import Avatar, AvatarError, load_avatars, write_demo_avatars
+from avatarify.avatars import Avatar, AvatarError, AvatarFraming, load_avatars, write_demo_avatars
 from avatarify.capture import CaptureError, LiveCamera, VideoFileSource, open_frame_source
-from avatarify.config import DEFAULT_AVATARS_DIR, Settings, find_default_checkpoint, parse_args
+from avatarify.compose import to_camera
+from avatarify.config import (DEFAULT_AVATARS_DIR, Settings, crop_size, find_default_checkpoint,
+                              parse_args)
 from avatarify.datatypes import DrivingFrame
 from avatarify.engines.base import Animator, AnimatorError
 from avatarify.hotkeys import Controls, handle_key
 from avatarify.hud import HudInfo, compose_preview, hud_lines
 from avatarify.landmarks import FaceMeshDetector
-from avatarify.sinks import PreviewWindow, Sink, SinkError, VideoFileSink, VirtualCameraSink, fit_to_canvas
+from avatarify.sinks import PreviewWindow, Sink, SinkError, VideoFileSink, VirtualCameraSink
 from avatarify.stats import Stats
-from avatarify.tracking import DrivingTracker, pose_distance
+from avatarify.tracking import DrivingTracker, crop_matrix, pose_distance, square_face_box
 
 log = logging.getLogger("avatarify")
 
 EXIT_USER_ERROR = 2
 _MESSAGE_SECONDS = 2.5  # how long a hotkey's message stays on the HUD
+PREVIEW_HEIGHT = 360  # px: the preview shows the driving crop and the call frame at this height
 _USER_ERRORS = (AvatarError, CaptureError, AnimatorError, SinkError)
 
 
@@ -82,7 +86,7 @@ def choose_engine(settings: Settings) -> tuple[str, Path | None, str]:
 def _build_mesh(settings: Settings) -> Animator:
     from avatarify.engines.mesh import MeshAnimator
 
-    return MeshAnimator(settings.size)
+    return MeshAnimator()
 
 
 def _build_fomm(settings: Settings, checkpoint: Path) -> Animator:
@@ -127,8 +131,8 @@ class LiveApp:
         self.detector = FaceMeshDetector(static=False)
         with native_notices_silenced(not settings.verbose):
             # MediaPipe loads its models at the first detection: do it now, on a face, quietly.
-            self.detector.detect(avatars[0].crop_bgr)
-        self.tracker = DrivingTracker(settings.size, settings.crop_margin, settings.box_min_cutoff,
+            self.detector.detect(avatars[0].image_bgr)
+        self.tracker = DrivingTracker(crop_size(settings), settings.crop_margin, settings.box_min_cutoff,
                                       settings.box_beta, settings.min_face_visible, settings.face_lost_ease_s)
         self.avatar_index = -1
         self.neutral: DrivingFrame | None = None
@@ -139,6 +143,7 @@ class LiveApp:
         self._mirrored = self.controls.mirror
         self._message_until = 0.0
         self._shown_message = ""
+        self._overlay_points: np.ndarray | None = None  # the avatar's landmarks in driving-crop px
         self._select_avatar(0)
 
     @property
@@ -173,6 +178,7 @@ class LiveApp:
             output, shown = self._animate(driving)
         if self.controls.passthrough:
             output, shown = frame_bgr, None
+        output = self._camera_frame(output)
         # Latency runs from the capture of the frame the picture shows (a pipelined engine shows
         # the previous one) to the moment it is handed to the sinks.
         self.stats.frame_done(timestamp if shown is None else shown)
@@ -185,10 +191,16 @@ class LiveApp:
         self._apply_requests()
         return output
 
+    def _camera_frame(self, picture_bgr: np.ndarray) -> np.ndarray:
+        """What the virtual camera and --output get: the camera size; the call framing already is,
+        the crop framing is padded as before, the camera (passthrough) is cut to fill it."""
+        crop = self.settings.framing == "crop" and not self.controls.passthrough
+        return to_camera(picture_bgr, self.settings.cam_width, self.settings.cam_height, pad=crop)
+
     def _animate(self, driving: DrivingFrame | None) -> tuple[np.ndarray, float | None]:
         """The picture and the capture time of the frame it shows (None: this frame's)."""
         if driving is None or self.neutral is None:
-            return self.avatar.crop_bgr, None  # no face yet: the avatar waits, still
+            return self.avatar.image_bgr, None  # no face yet: the avatar waits, still
         self.animator.strength = self.controls.strength
         self.animator.region = self.controls.region
         try:
@@ -197,7 +209,7 @@ class LiveApp:
             if self.controls.message != str(exc):
                 self.controls.message = str(exc)
                 log.warning("%s", exc)
-            return self.avatar.crop_bgr, None
+            return self.avatar.image_bgr, None
 
     def _calibrate(self, driving: DrivingFrame | None) -> None:
         """First face → neutral; `c` → the next face is the neutral; find-best keeps the best match."""
@@ -243,7 +255,11 @@ class LiveApp:
         self.avatar_index = index
         self.controls.avatar_index = index
         avatar = self.avatar
-        self.animator.set_avatar(avatar.crop_bgr, avatar.landmarks)
+        self.animator.set_avatar(avatar.image_bgr, avatar.landmarks)
+        # The overlay hotkey draws the avatar's face where the driving crop frames the driver's.
+        size = crop_size(self.settings)
+        to_crop = crop_matrix(square_face_box(avatar.landmarks, self.settings.crop_margin), size)
+        self._overlay_points = avatar.landmarks.transformed(to_crop, (size, size)).points
         if self.neutral is not None:
             self.animator.set_neutral(self.neutral)
         self.best_score = math.inf  # the best match depends on the avatar's pose
@@ -252,7 +268,7 @@ class LiveApp:
     def _reload_avatars(self) -> None:
         current = self.avatar.path
         try:
-            avatars = load_avatars(self.settings.avatar, self.settings.size, self.settings.crop_margin)
+            avatars = load_avatars(self.settings.avatar, avatar_framing(self.settings))
         except AvatarError as exc:
             self.controls.message = f"reload failed: {exc}"
             log.warning("%s", self.controls.message)
@@ -266,15 +282,14 @@ class LiveApp:
     # --- preview ----------------------------------------------------------------------------------
 
     def _show_preview(self, frame_bgr: np.ndarray, driving: DrivingFrame | None, output: np.ndarray) -> None:
-        size = self.settings.size
+        size = crop_size(self.settings)
         if driving is not None:
             driving_bgr = driving.crop_bgr
         else:
-            driving_bgr = fit_to_canvas(frame_bgr, size, size)
-        overlay = self.avatar.landmarks.points if self.controls.overlay else None
-        output_bgr = output if output.shape[:2] == (size, size) else fit_to_canvas(output, size, size)
+            driving_bgr = to_camera(frame_bgr, size, size, pad=True)
+        overlay = self._overlay_points if self.controls.overlay else None
         hud = hud_lines(self._hud_info()) if self.controls.hud else None
-        key = self.preview.show(compose_preview(driving_bgr, output_bgr, hud, overlay))
+        key = self.preview.show(compose_preview(driving_bgr, output, hud, overlay, PREVIEW_HEIGHT))
         if handle_key(key, self.controls) is not None:
             log.info("%s", self.controls.message)
         if self.preview.closed_by_user():
@@ -325,12 +340,17 @@ def _avatar_paths(settings: Settings) -> list[Path]:
     return settings.avatar
 
 
+def avatar_framing(settings: Settings) -> AvatarFraming:
+    return AvatarFraming(settings.framing, settings.cam_width, settings.cam_height, crop_size(settings),
+                         settings.crop_margin)
+
+
 def open_sinks(settings: Settings, fps: float) -> tuple[list[Sink], PreviewWindow | None]:
     """The sinks asked for. A missing virtual camera or display is reported and skipped; an
     unwritable --output file is an error (the user asked for exactly that file)."""
     sinks: list[Sink] = []
     if settings.output is not None:
-        sinks.append(VideoFileSink(settings.output, fps, settings.size, settings.size))
+        sinks.append(VideoFileSink(settings.output, fps, settings.cam_width, settings.cam_height))
     if settings.virtual_cam:
         try:
             sinks.append(VirtualCameraSink(settings.cam_width, settings.cam_height, settings.cam_fps,
@@ -350,8 +370,12 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
     """Run the app until the source ends, --max-frames, q/Esc or Ctrl+C. Returns the stats summary."""
     stats = stats or Stats()
     engine_choice = choose_engine(settings)  # a missing checkpoint is reported before any slow step
+    if settings.size is not None and settings.framing == "call":
+        log.warning("--size only sets the square output of --framing crop; with --framing call the "
+                    "output is --cam-width x --cam-height (%dx%d) and --size is ignored.",
+                    settings.cam_width, settings.cam_height)
     with native_notices_silenced(not settings.verbose):
-        avatars = load_avatars(_avatar_paths(settings), settings.size, settings.crop_margin)
+        avatars = load_avatars(_avatar_paths(settings), avatar_framing(settings))
     log.info("%d avatar%s loaded", len(avatars), "" if len(avatars) == 1 else "s")
     source = open_frame_source(settings.camera, settings.max_frames, settings.capture_width,
                                settings.capture_height)
@@ -372,7 +396,8 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
         source.close()
     info = animator.backend_info()
     summary = stats.summary(animator.name, info, {
-        "size": settings.size, "camera": str(settings.camera), "dropped_frames": source.dropped,
+        "framing": settings.framing, "size": [settings.cam_width, settings.cam_height],
+        "crop_size": crop_size(settings), "camera": str(settings.camera), "dropped_frames": source.dropped,
         "avatars": len(avatars),
         **{key: value for key, value in info.items() if key not in ("backend", "providers")}})
     log.info("%d frames, %.1f fps, engine %s on %s", summary["frames"], summary["fps"], animator.name,
@@ -382,14 +407,16 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
     return summary
 
 
-def animate_file(avatar: Path, driving: Path, output: Path, size: int = 256, engine: str = "auto",
+def animate_file(avatar: Path, driving: Path, output: Path, engine: str = "auto",
                  checkpoint: Path | None = None, max_frames: int | None = None,
-                 stats_path: Path | None = None) -> dict:
+                 stats_path: Path | None = None, width: int = 1280, height: int = 720,
+                 framing: str = "call") -> dict:
     """The offline path: animate `avatar` with every frame of the `driving` video into `output`
-    (an mp4 at engine size), with a progress bar. Same stages as live, without camera or windows."""
-    settings = Settings(avatar=[Path(avatar)], camera=Path(driving), output=Path(output), size=size,
-                        engine=engine, checkpoint=checkpoint, virtual_cam=False, preview=False,
-                        max_frames=max_frames, stats=stats_path)
+    (an mp4 of width x height, as the virtual camera would get it), with a progress bar. Same
+    stages as live, without camera or windows."""
+    settings = Settings(avatar=[Path(avatar)], camera=Path(driving), output=Path(output), engine=engine,
+                        checkpoint=checkpoint, virtual_cam=False, preview=False, max_frames=max_frames,
+                        stats=stats_path, cam_width=width, cam_height=height, framing=framing)
     return run(settings)
 
 

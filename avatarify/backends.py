@@ -407,7 +407,6 @@ class _Builder:
 
     checkpoint: Path
     cache_dir: Path
-    size: int
     _networks: tuple | None = field(default=None, repr=False)
     _onnx_dir: Path | None = None
 
@@ -464,20 +463,31 @@ class _Builder:
         return Built(runner, OrtDeviceIO(runner, "cuda") if on_gpu else None)
 
 
-def timing_step(built: Built, size: int) -> Callable[[], object]:
-    """One frame of the candidate on real photos (astronaut avatar, Grace Hopper driving crop at `size`)."""
+def sample_frames(crop_size: int) -> tuple:
+    """The start-up timing's real photos (those of the export's parity check): the astronaut as the
+    avatar picture with its Face Mesh landmarks, Grace Hopper as a driving crop of `crop_size`."""
     import cv2
 
-    from avatarify.device_io import HostFrameIO
+    from avatarify.engines.base import Animator
     from export.onnx_export import sample_photos
 
-    source, driving = (t.numpy() for t in sample_photos())
-    built.runner.prepare_source(source)
-    built.runner.set_neutral(np.ascontiguousarray(source[..., ::-1]))
-    crop_bgr = np.ascontiguousarray((driving[0].transpose(1, 2, 0)[:, :, ::-1] * 255 + 0.5).astype(np.uint8))
-    crop_bgr = cv2.resize(crop_bgr, (size, size), interpolation=cv2.INTER_CUBIC)
-    frame_io = built.frame_io or HostFrameIO(built.runner)
-    return lambda: frame_io.predict_bgr(crop_bgr, 1.0)
+    avatar, driving = ((t[0].permute(1, 2, 0).numpy()[:, :, ::-1] * 255 + 0.5).astype(np.uint8)
+                       for t in sample_photos())
+    crop = cv2.resize(driving, (crop_size, crop_size), interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(avatar), Animator.detect_avatar_face(avatar), crop
+
+
+def timing_step(built: Built, margin: float, frames: tuple) -> Callable[[], object]:
+    """One frame of the candidate through the whole FOMM engine (conversions, network, paste-back)."""
+    from avatarify.datatypes import DrivingFrame
+    from avatarify.engines.fomm import FommAnimator
+
+    avatar, landmarks, crop = frames
+    animator = FommAnimator(built.runner, margin, frame_io=built.frame_io)
+    animator.set_avatar(avatar, landmarks)
+    animator.set_neutral(DrivingFrame(np.ascontiguousarray(crop[:, ::-1]), None, 0.0, 1.0))
+    driving = DrivingFrame(crop_bgr=crop, landmarks=None, timestamp=0.0, motion_scale=1.0)
+    return lambda: animator.animate(driving)
 
 
 def select_backend(candidates: list[Candidate], build: Callable[[Candidate], Built],
@@ -530,6 +540,7 @@ def select_backend(candidates: list[Candidate], build: Callable[[Candidate], Bui
 def build_fomm_animator(settings, checkpoint: Path):
     """The FOMM engine for the app: chosen, built, logged (one line), warned about an idle GPU, and
     pipelined when it runs on a GPU. Raises AnimatorError with one sentence for user errors."""
+    from avatarify.config import crop_size
     from avatarify.engines.base import AnimatorError
     from avatarify.engines.fomm import FommAnimator
     from avatarify.engines.pipelined import PipelinedAnimator
@@ -543,20 +554,22 @@ def build_fomm_animator(settings, checkpoint: Path):
     candidates = candidates_for(machine, settings.backend, settings.device, settings.precision)
     if not any(c.available for c in candidates):
         raise AnimatorError(no_backend_message(candidates))
-    builder = _Builder(checkpoint, settings.cache_dir, settings.size)
+    builder = _Builder(checkpoint, settings.cache_dir)
     auto = settings.backend == "auto"
     try:
         timings_path, cached, store = None, None, None
         if auto and any(c.available and c.backend != "torch" for c in candidates):
             timings_path = builder.onnx_dir() / TIMINGS_FILE
-            key = timing_key(machine, settings.size)
+            key = timing_key(machine, crop_size(settings))
             cached = read_timings(timings_path, key)
             store = lambda timings: write_timings(timings_path, key, timings)  # noqa: E731
         time_steps = None
         if auto:
             def time_steps(built: dict[str, Built]) -> dict[str, float]:
                 log.info("Timing %s for a few frames to pick the fastest (once; cached)…", ", ".join(built))
-                return time_frames({label: timing_step(b, settings.size) for label, b in built.items()})
+                frames = sample_frames(crop_size(settings))
+                return time_frames({label: timing_step(b, settings.crop_margin, frames)
+                                    for label, b in built.items()})
         choice, built, timed_now = select_backend(candidates, builder.build, time_steps, cached, store)
     except (CheckpointError, ExportError, BackendError) as exc:
         raise AnimatorError(str(exc)) from None
@@ -565,7 +578,7 @@ def build_fomm_animator(settings, checkpoint: Path):
     origin = "" if chosen.ms is None or timed_now else f"; timings cached in {timings_path}"
     log.info("FOMM runs on %s (%s): %s%s", chosen.label, speed,
              choice.reason if auto else f"asked for with --backend {settings.backend}", origin)
-    animator = FommAnimator(built.runner, settings.size, frame_io=built.frame_io)
+    animator = FommAnimator(built.runner, settings.crop_margin, frame_io=built.frame_io)
     animator.details = {"device": chosen.device, "candidate": chosen.label, "frame_io": getattr(
         built.frame_io, "where", "host"), "choice": choice.reason if auto else "--backend " + settings.backend,
         "ms_per_frame": None if chosen.ms is None else round(chosen.ms, 2)}

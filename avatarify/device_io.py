@@ -13,8 +13,7 @@ motion strength. Output: the network's prediction as BGR uint8 (256, 256, 3) on 
 - `OrtDeviceIO`: the same for onnxruntime with IOBinding: the two modules exported to small ONNX
   graphs in memory, run on the frame session's providers; the cached avatar and calibration tensors
   are bound as device OrtValues, uploaded once each; only the crop goes up and the picture comes down.
-- `HostFrameIO`: the numpy/OpenCV path, for timing a candidate that runs on the CPU.
-Each runs on "cpu" too (the tests check both against the host path there).
+Both run on "cpu" too (the tests check them against the host path there).
 """
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avatarify.runners import FommRunner, OnnxRuntimeRunner, RunnerError, TorchRunner
+from avatarify.runners import OnnxRuntimeRunner, RunnerError, TorchRunner
 from models.fomm.realtime import FUSED_FRAME_INPUTS
 
 log = logging.getLogger(__name__)
@@ -65,20 +64,6 @@ class FromNetwork(nn.Module):
     def forward(self, prediction: torch.Tensor) -> torch.Tensor:
         rgb = prediction[0].float().clamp(0.0, 1.0)
         return torch.floor(rgb[[2, 1, 0]] * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous()
-
-
-class HostFrameIO:
-    """numpy and OpenCV on the host, as FommAnimator does without a device frame I/O."""
-
-    where = "host"
-
-    def __init__(self, runner: FommRunner) -> None:
-        self.runner = runner
-
-    def predict_bgr(self, crop_bgr: np.ndarray, strength: float) -> np.ndarray:
-        from avatarify.engines.fomm import bgr_to_network, network_to_bgr
-
-        return network_to_bgr(self.runner.animate(bgr_to_network(crop_bgr), strength), NETWORK_SIZE)
 
 
 class TorchDeviceIO:

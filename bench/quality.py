@@ -383,7 +383,7 @@ def mesh_engine(size: int, smoothing: bool) -> Animator:
     from avatarify.engines.mesh import MeshAnimator
     from avatarify.motion import MotionSettings
 
-    return MeshAnimator(size=size, motion=MotionSettings(smoothing=smoothing))
+    return MeshAnimator(motion=MotionSettings(smoothing=smoothing))
 
 
 def run_bench(out_dir: Path, engine_factory: EngineFactory = mesh_engine, frames: int = 90,

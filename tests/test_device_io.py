@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from avatarify.device_io import FromNetwork, HostFrameIO, OrtDeviceIO, ToNetwork, TorchDeviceIO
+from avatarify.device_io import FromNetwork, OrtDeviceIO, ToNetwork, TorchDeviceIO
 from avatarify.engines.fomm import bgr_to_network, network_to_bgr
 from avatarify.runners import OnnxRuntimeRunner, TorchRunner
 from models.fomm.checkpoint import load_fomm
@@ -20,6 +20,16 @@ def crops(astronaut_bgr, grace_hopper_bgr) -> dict[str, np.ndarray]:
     return {"avatar": cv2.resize(astronaut_bgr, (256, 256), interpolation=cv2.INTER_AREA),
             "driving": cv2.resize(grace_hopper_bgr[:side, :side], (256, 256), interpolation=cv2.INTER_AREA),
             "driving_512": cv2.resize(grace_hopper_bgr[:side, :side], (512, 512), interpolation=cv2.INTER_AREA)}
+
+
+class HostFrameIO:
+    """The host path of FommAnimator: numpy and OpenCV conversions around runner.animate."""
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+
+    def predict_bgr(self, crop_bgr: np.ndarray, strength: float) -> np.ndarray:
+        return network_to_bgr(self.runner.animate(bgr_to_network(crop_bgr), strength))
 
 
 def _prepare(runner, crops, avatar="avatar") -> None:
@@ -40,7 +50,7 @@ def test_from_network_rounds_as_the_host_path():
     prediction = np.random.default_rng(0).uniform(-0.1, 1.1, (1, 3, 256, 256)).astype(np.float32)
     with torch.inference_mode():
         picture = FromNetwork()(torch.from_numpy(prediction)).numpy()
-    assert picture.dtype == np.uint8 and np.array_equal(picture, network_to_bgr(prediction, 256))
+    assert picture.dtype == np.uint8 and np.array_equal(picture, network_to_bgr(prediction))
 
 
 def test_torch_device_io_equals_the_host_path(fomm_checkpoint, crops):

@@ -24,7 +24,7 @@ class SlowEngine(Animator):
     name = "slow"
 
     def __init__(self) -> None:
-        super().__init__(256)
+        super().__init__()
         self.avatar = 0
         self.neutrals: list[int] = []
         self.threads: set[int] = set()

@@ -34,7 +34,7 @@ class PipelinedAnimator(Animator):
     """`inner` run one frame ahead on a worker thread (module docstring)."""
 
     def __init__(self, inner: Animator) -> None:
-        super().__init__(inner.size)
+        super().__init__()
         self.inner = inner
         self.name = inner.name
         self.shown_timestamp: float | None = None
