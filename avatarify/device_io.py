@@ -3,7 +3,9 @@ picture comes out, with no per-frame host<->device copy beyond those two.
 
 Input: the driving crop, BGR uint8 (S, S, 3) with S a multiple of 256 (the engine size), and the
 motion strength. Output: the network's prediction as BGR uint8 (256, 256, 3) on the host
-(`predict_bgr`); the torch path can also hand over the device tensor (`predict_tensor`).
+(`predict_bgr`), or the composed picture (`animate`, with the avatar's compose.PasteBack and the
+head motion): the torch path pastes back on the device (compose_torch.py) and downloads only the
+composed picture; onnxruntime's path pastes back on the host.
 - `ToNetwork` / `FromNetwork`: the torch modules of the conversion at the network's edges (BGR uint8
   HWC <-> RGB float NCHW 256 in [0, 1]), the same arithmetic as the host path of engines/fomm.py
   (area average when shrinking; clip, x255, +0.5, floor), run where the network runs.
@@ -26,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avatarify.compose import PasteBack
+from avatarify.compose_torch import TorchPasteBack
+from avatarify.motion import Similarity
 from avatarify.runners import OnnxRuntimeRunner, RunnerError, TorchRunner
 from models.fomm.realtime import FUSED_FRAME_INPUTS
 
@@ -36,11 +41,15 @@ _CACHED_INPUTS = FUSED_FRAME_INPUTS[1:-1]  # avatar + calibration tensors, betwe
 
 
 class FrameIO(Protocol):
-    """Turns a driving crop into the network's BGR prediction; `where` says where it converts."""
+    """Turns a driving crop into the network's BGR prediction (`predict_bgr`) or into the composed
+    picture (`animate`: the prediction pasted back by `paste_back`); `where` says where it converts."""
 
     where: str
 
     def predict_bgr(self, crop_bgr: np.ndarray, strength: float) -> np.ndarray: ...
+
+    def animate(self, paste_back: PasteBack, crop_bgr: np.ndarray, strength: float,
+                head: Similarity | None) -> np.ndarray: ...
 
 
 class ToNetwork(nn.Module):
@@ -79,6 +88,7 @@ class TorchDeviceIO:
         self._pinned = self.device.type == "cuda"
         self._upload: torch.Tensor | None = None
         self._download: torch.Tensor | None = None
+        self._paste: TorchPasteBack | None = None
 
     def _staging(self, buffer: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
         """Page-locked host buffers on CUDA, so the copies run as DMA without an extra host copy."""
@@ -106,6 +116,16 @@ class TorchDeviceIO:
     def predict_bgr(self, crop_bgr: np.ndarray, strength: float) -> np.ndarray:
         with torch.inference_mode():
             return self.download(self.from_network(self.predict_tensor(crop_bgr, strength)))
+
+    def animate(self, paste_back: PasteBack, crop_bgr: np.ndarray, strength: float,
+                head: Similarity | None) -> np.ndarray:
+        """The composed picture: prediction and paste-back on the device, one download at the end."""
+        if self._paste is None or self._paste.source is not paste_back or \
+                self._paste.reference_of is not paste_back.reference:
+            self._paste = TorchPasteBack(paste_back, self.device)  # per avatar: its data uploaded once
+        with torch.inference_mode():
+            prediction = self.from_network(self.predict_tensor(crop_bgr, strength))
+            return self.download(self._paste.paste(prediction, head))
 
 
 def onnx_model_bytes(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str) -> bytes:
@@ -194,4 +214,10 @@ class OrtDeviceIO:
         binding.bind_output("frame_bgr", "cpu")
         self._post.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+    def animate(self, paste_back: PasteBack, crop_bgr: np.ndarray, strength: float,
+                head: Similarity | None) -> np.ndarray:
+        """The composed picture; the paste-back runs on the host (it is torch code, and this path
+        is the one taken when torch has no CUDA)."""
+        return paste_back.paste(self.predict_bgr(crop_bgr, strength), head)
 

@@ -91,3 +91,53 @@ def test_animate_tensor_is_the_runner_without_host_copies(fomm_checkpoint, crops
         on_device = runner.animate_tensor(torch.from_numpy(driving), 0.7)
     assert isinstance(on_device, torch.Tensor)
     assert np.array_equal(on_device.numpy(), runner.animate(driving, 0.7))
+
+
+# --- the paste-back on torch (the torch CUDA path's composite), run on the CPU ----------------------
+
+
+@pytest.fixture(scope="module")
+def framed_astronaut():
+    from avatarify.compose import frame_photo
+    from bench.clips import load_photo_bgr, photo_landmarks
+
+    return frame_photo(load_photo_bgr("astronaut"), photo_landmarks("astronaut"), 1280, 720)
+
+
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_torch_paste_back_equals_the_numpy_one(framed_astronaut, with_reference):
+    from avatarify.compose import PasteBack
+    from avatarify.compose_torch import TorchPasteBack
+    from avatarify.motion import Similarity
+
+    paste_back = PasteBack(framed_astronaut.image_bgr, framed_astronaut.landmarks, 256, 0.3)
+    rng = np.random.default_rng(0)
+    noisy = paste_back.crop_bgr.astype(int) + rng.integers(-40, 40, paste_back.crop_bgr.shape)
+    prediction = cv2.GaussianBlur(np.clip(noisy, 0, 255).astype(np.uint8), (0, 0), 1.0)
+    if with_reference:
+        paste_back.set_reference(cv2.GaussianBlur(paste_back.crop_bgr, (0, 0), 2.0))
+    on_torch = TorchPasteBack(paste_back, "cpu")
+    for head in (None, Similarity(complex(1.04, 0.06), complex(7.0, -5.0))):  # still, then turned and moved
+        expected = paste_back.paste(prediction, head)
+        with torch.inference_mode():
+            got = on_torch.paste(torch.from_numpy(prediction), head).numpy()
+        assert got.shape == expected.shape == framed_astronaut.image_bgr.shape and got.dtype == np.uint8
+        diff = np.abs(got.astype(int) - expected)
+        assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
+        assert np.abs(expected.astype(int) - framed_astronaut.image_bgr).max() > 20  # the face did change
+
+
+def test_fomm_animator_on_the_torch_device_path_gives_the_host_picture(fomm_checkpoint, framed_astronaut, crops):
+    from avatarify.datatypes import DrivingFrame
+    from avatarify.engines.fomm import FommAnimator
+
+    runner = TorchRunner(*load_fomm(fomm_checkpoint), optimized=True)
+    pictures = []
+    for frame_io in (None, TorchDeviceIO(runner)):
+        animator = FommAnimator(runner, 0.3, frame_io=frame_io)
+        animator.set_avatar(framed_astronaut.image_bgr, framed_astronaut.landmarks)
+        animator.set_neutral(DrivingFrame(crops["avatar"], None, 0.0))
+        pictures.append(animator.animate(DrivingFrame(crops["driving"], None, 0.0)))
+    host, device = pictures
+    assert device.shape == host.shape == framed_astronaut.image_bgr.shape
+    assert np.abs(device.astype(int) - host).max() <= 1

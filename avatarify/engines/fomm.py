@@ -58,7 +58,8 @@ class FommAnimator(Animator):
         self.runner = runner
         self.margin = margin
         # On a GPU, avatarify.device_io converts the crop and the prediction where the network runs
-        # (`predict_bgr(crop_bgr, strength)`); None converts with numpy and OpenCV on the host.
+        # (`animate(paste_back, crop_bgr, strength, head)`, the torch path pasting back there too);
+        # None converts with numpy and OpenCV on the host.
         self.frame_io = frame_io
         self.details: dict = {}  # how the backend was chosen (avatarify.backends), for stats and HUD
         self.paste_back: PasteBack | None = None
@@ -111,11 +112,11 @@ class FommAnimator(Animator):
         if not self._has_neutral:
             self.set_neutral(driving)  # first frame is the neutral, as FOMM's demo does
         strength = float(self.strength) * float(driving.motion_scale)
+        head = self.head_motion(driving, strength)
         if self.frame_io is not None:
-            prediction = self.frame_io.predict_bgr(driving.crop_bgr, strength)
-        else:
-            prediction = network_to_bgr(self.runner.animate(bgr_to_network(driving.crop_bgr), strength))
-        return self.paste_back.paste(prediction, self.head_motion(driving, strength))
+            return self.frame_io.animate(self.paste_back, driving.crop_bgr, strength, head)
+        prediction = network_to_bgr(self.runner.animate(bgr_to_network(driving.crop_bgr), strength))
+        return self.paste_back.paste(prediction, head)
 
     def head_motion(self, driving: DrivingFrame, strength: float) -> Similarity | None:
         """The driver's head motion since the neutral in network-crop pixels, scaled by the
