@@ -236,3 +236,33 @@ def test_explicit_backend_errors_before_loading_anything(tmp_path):
     junk.write_bytes(b"not a checkpoint")  # never read: the flags are refused first
     with pytest.raises(AnimatorError, match="needs a CUDA GPU"):
         build_fomm_animator(Settings(backend="torch", device="cpu", precision="fp16", cache_dir=tmp_path), junk)
+
+
+def test_the_app_warns_once_when_a_gpu_sits_idle_and_reports_it(fomm_checkpoint, fomm_cache_dir, onnx_dir,
+                                                                 monkeypatch, caplog):
+    """This CPU machine made to look like a laptop with an idle NVIDIA GPU (the driver sees it, torch
+    and onnxruntime are CPU builds): one warning line with the pip fix; backend_info carries the note."""
+    real = Machine.detect()
+    monkeypatch.setattr(Machine, "detect", classmethod(lambda cls: replace(real, gpus=("NVIDIA H200",))))
+    settings = Settings(checkpoint=fomm_checkpoint, cache_dir=fomm_cache_dir, backend="onnxruntime")
+    with caplog.at_level(logging.INFO):
+        animator = build_fomm_animator(settings, Path(fomm_checkpoint))
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "The NVIDIA GPU (NVIDIA H200) sits idle" in warnings[0]
+    assert warnings[0].endswith("Fix: " + REQUIREMENTS_GPU_FIX)
+    info = animator.backend_info()
+    assert info["providers"] == ["CPUExecutionProvider"] and info["device"] == "cpu"
+    assert info["note"] == "GPU idle: NVIDIA H200"
+
+
+def test_check_command_prints_a_real_sessions_providers():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "avatarify.backends"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "a real session's providers: ['CPUExecutionProvider']" in result.stdout
+    assert "onnxruntime-cpu-fp32" in result.stdout and "can run" in result.stdout
