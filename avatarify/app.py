@@ -396,9 +396,9 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
         source.close()
     info = animator.backend_info()
     summary = stats.summary(animator.name, info, {
-        "framing": settings.framing, "size": [settings.cam_width, settings.cam_height],
-        "crop_size": crop_size(settings), "camera": str(settings.camera), "dropped_frames": source.dropped,
-        "avatars": len(avatars),
+        "size": crop_size(settings), "framing": settings.framing,
+        "output_size": [settings.cam_width, settings.cam_height], "camera": str(settings.camera),
+        "dropped_frames": source.dropped, "avatars": len(avatars),
         **{key: value for key, value in info.items() if key not in ("backend", "providers")}})
     log.info("%d frames, %.1f fps, engine %s on %s", summary["frames"], summary["fps"], animator.name,
              ", ".join(summary["providers"]))

@@ -179,3 +179,34 @@ def test_bad_avatar_inputs_are_clear_errors(avatars):
         engine.set_avatar(np.zeros((20, 20, 3), np.uint8), landmarks)
     with pytest.raises(AnimatorError, match="No avatar is set"):
         engine.animate(DrivingFrame(avatar_bgr, landmarks, 0.0))
+
+
+@pytest.fixture(scope="module")
+def call_picture():
+    """Grace Hopper framed for a 1280x720 call, as the app does with --framing call."""
+    from avatarify.compose import frame_photo
+    from bench.clips import load_photo_bgr, photo_landmarks
+
+    framed = frame_photo(load_photo_bgr("grace_hopper"), photo_landmarks("grace_hopper"), 1280, 720)
+    return framed.image_bgr, framed.landmarks
+
+
+def test_the_call_picture_is_animated_at_full_resolution(call_picture, mixed_clip):
+    picture, landmarks = call_picture
+    engine = MeshAnimator()
+    engine.set_avatar(picture, landmarks)
+    engine.set_neutral(mixed_clip[0])
+    still = engine.animate(DrivingFrame(mixed_clip[0].crop_bgr, mixed_clip[0].landmarks, 0.033))
+    np.testing.assert_array_equal(still, picture)  # at rest: the photo's own pixels, all of them
+    moved = engine.animate(mixed_clip[-1])
+    assert moved.shape == picture.shape and np.abs(moved.astype(np.int16) - picture).mean() > 0.3
+    rows, cols = engine.roi
+    outside = np.ones(picture.shape[:2], bool)
+    outside[rows, cols] = False
+    assert outside.mean() > 0.4  # only the head region is warped...
+    np.testing.assert_array_equal(moved[outside], picture[outside])  # ...the rest is untouched
+    # The warp is as accurate at full resolution as at 256, relative to the face.
+    x0, y0, x1, y1 = landmarks.box
+    crop_side = 1.6 * max(x1 - x0, y1 - y0)  # the side of the 256 crop this face would get
+    error = engine.landing_error(synthetic_target(landmarks.points, crop_side))
+    assert np.nanmax(error) <= 0.5 * crop_side / 256
