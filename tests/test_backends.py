@@ -2,6 +2,7 @@
 warning, the GPU seen by the driver, the timing cache, and --backend auto end to end on this CPU."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -210,8 +211,12 @@ def test_select_backend_times_on_a_miss_and_builds_only_the_winner_on_a_hit():
 # --- --backend auto end to end on this CPU (real runners, real timing, real cache) --------------------
 
 
-def test_backend_auto_times_once_then_reuses_the_cached_timing(fomm_checkpoint, fomm_cache_dir, onnx_dir, caplog):
+def test_backend_auto_times_once_then_reuses_the_cached_timing(fomm_checkpoint, fomm_cache_dir, onnx_dir, caplog,
+                                                               monkeypatch):
     (onnx_dir / TIMINGS_FILE).unlink(missing_ok=True)
+    # The real timing of the real paths, shortened to one warm-up and one timed round each.
+    monkeypatch.setattr("avatarify.backends.time_frames",
+                        functools.partial(time_frames, warmup=1, min_rounds=1, max_rounds=1))
     settings = Settings(checkpoint=fomm_checkpoint, cache_dir=fomm_cache_dir)
     with caplog.at_level(logging.INFO):
         first = build_fomm_animator(settings, Path(fomm_checkpoint))
