@@ -151,7 +151,9 @@ class OrtDeviceIO:
         self._ort = ort
         self.runner = runner
         self.device, self.device_id = device, device_id
-        self._providers = runner.frame_session.get_providers()
+        # The conversion graphs are a few elementwise ops: TensorRT would build engines for them at
+        # every start, so they run on the CUDA provider (or the CPU) only.
+        self._providers = [p for p in runner.frame_session.get_providers() if p != "TensorrtExecutionProvider"]
         self._pre: dict[tuple[int, ...], object] = {}
         self._post = self._session(onnx_model_bytes(FromNetwork(), torch.zeros(1, 3, NETWORK_SIZE, NETWORK_SIZE),
                                                     "prediction", "frame_bgr"))
