@@ -132,11 +132,17 @@ def choose_backend(candidates: list[Candidate]) -> Choice:
     return Choice(pool[0], f"the first {tier} path in preference order (not timed)")
 
 
+def best_fix(candidates: list[Candidate]) -> str:
+    """The fix to name first: onnxruntime's CUDA path needs the lightest install (no CUDA torch)."""
+    preferred = sorted(candidates, key=lambda c: c.kind != "onnxruntime-cuda")
+    return next((c.fix for c in preferred if c.fix), "")
+
+
 def no_backend_message(candidates: list[Candidate]) -> str:
     """One sentence: why nothing runs (the reasons of paths not excluded by --device alone first)."""
     reasons = [c.why for c in candidates if not c.why.startswith("--device")] or [c.why for c in candidates]
     unique = list(dict.fromkeys(r for r in reasons if r))
-    fix = next((c.fix for c in candidates if c.fix), "")
+    fix = best_fix(candidates)
     return ("FOMM cannot run with these flags here: " + "; ".join(unique or ["no backend is installed"])
             + (f" (fix: {fix})" if fix else "") + ".")
 
@@ -266,7 +272,7 @@ def _availability(kind: str, machine: Machine) -> tuple[str, str]:
     ort = machine.ort_package
     if kind == "tensorrt":
         if machine.tensorrt is None:
-            return "TensorRT is not installed", "pip install -r requirements-gpu.txt"
+            return "TensorRT is not installed", REQUIREMENTS_GPU_FIX
         if not machine.torch_cuda:
             return f"torch {machine.torch_version} sees no CUDA GPU (TensorRT's buffers are torch CUDA tensors)", ""
         return "", ""
@@ -318,8 +324,7 @@ def idle_gpu_warning(chosen: Candidate, candidates: list[Candidate], gpus: tuple
     if chosen.device == "cuda" or not gpus or device_flag == "cpu":
         return None
     gpu_paths = [c for c in candidates if c.device == "cuda"]
-    preferred = sorted(gpu_paths, key=lambda c: c.kind != "onnxruntime-cuda")  # the lightest fix first
-    fix = next((c.fix for c in preferred if c.fix), REQUIREMENTS_GPU_FIX)
+    fix = best_fix(gpu_paths) or REQUIREMENTS_GPU_FIX
     reasons = "; ".join(f"{c.kind}: {c.why}" for c in gpu_paths if c.why) or "no GPU path was considered"
     return (f"The NVIDIA GPU ({gpus[0]}) sits idle: FOMM runs on the CPU ({chosen.label}) because no GPU "
             f"path runs here ({reasons}). Fix: {fix}")
