@@ -29,6 +29,9 @@ class Animator(ABC):
     """
 
     name: str = "base"
+    # Capture time of the driving frame that the last `animate` picture shows; None means the frame
+    # just given. Set by engines that run a frame ahead (engines/pipelined.py), for the latency stats.
+    shown_timestamp: float | None = None
 
     def __init__(self) -> None:
         self.strength = 1.0
