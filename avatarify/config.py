@@ -52,12 +52,15 @@ class Settings:
                                 "when a checkpoint is given or found in checkpoints/, else mesh)")
     checkpoint: Path | None = _knob(None, "FOMM checkpoint (vox-adv-cpk.pth.tar); default: looked "
                                           "up in checkpoints/")
-    backend: str = _knob("auto", "FOMM runner: auto picks TensorRT, then onnxruntime (CUDA, then "
-                                 "CPU), then torch")
-    device: str = _knob("auto", "FOMM device: auto uses CUDA when available")
-    precision: str = _knob("auto", "FOMM arithmetic: auto is fp16 on a GPU and fp32 on the CPU; bf16 "
-                                   "(torch backend) is 1.8-4x faster than fp32 on CPUs with AVX-512 "
-                                   "bf16 or AMX, close but not exact")
+    backend: str = _knob("auto", "FOMM runner: auto takes the fastest path that runs here: a GPU path "
+                                 "(TensorRT, onnxruntime CUDA, torch CUDA) if one runs, else the faster "
+                                 "of torch and onnxruntime on the CPU; timed once at the first start "
+                                 "and cached beside the ONNX export")
+    device: str = _knob("auto", "FOMM device: auto uses a GPU path when one runs here; cpu keeps FOMM "
+                                "on the CPU")
+    precision: str = _knob("auto", "FOMM arithmetic: auto is fp16 on a GPU, bf16 for torch on CPUs with "
+                                   "native bf16 (AVX512_BF16 or AMX; 1.8-4x faster than fp32, close but "
+                                   "not exact), else fp32")
     size: int | None = _knob(None, "side of the square output with --framing crop (256 or 512; default "
                                    "256); with --framing call the output is the camera size and this is "
                                    "ignored (FOMM's network always runs at 256)")

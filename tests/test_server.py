@@ -156,7 +156,7 @@ def test_remote_engine_gives_the_local_engine_s_call_picture(server, token_file,
     photo = load_grace_hopper_bgr()
     with FaceMeshDetector(static=True) as detector:
         framed = frame_photo(photo, detector.detect(photo), 640, 360)
-    driving = DrivingFrame(cv2.resize(load_astronaut_bgr(), (256, 256), interpolation=cv2.INTER_AREA), None, 0.0)
+    driving = DrivingFrame(cv2.resize(load_astronaut_bgr(), (256, 256), interpolation=cv2.INTER_AREA), None, 123.0)
     engines = [FommAnimator(local), RemoteAnimator(RemoteRunner(server.address, wire.read_token(token_file),
                                                                 late_after_s=30.0))]
     for engine in engines:
@@ -166,7 +166,8 @@ def test_remote_engine_gives_the_local_engine_s_call_picture(server, token_file,
     try:
         # Live, a frame's picture comes with a later call; until then the newest one received is shown.
         assert wait_until(lambda: np.abs(engines[1].animate(driving).astype(int) - want).max() <= 1, 60)
-        assert engines[1].backend_info()["status"].startswith("server rtt")
+        assert engines[1].backend_info()["note"].startswith("server rtt")
+        assert engines[1].shown_timestamp == 123.0  # latency counts from the capture of the frame shown
         assert "rtt_ms" in engines[1].run_stats()
     finally:
         engines[1].close()
@@ -432,6 +433,8 @@ def test_the_hud_shows_the_engine_s_status_line(tmp_path):
     from avatarify.stats import Stats
 
     class Reporting(Animator):
+        name = "remote"
+
         def set_avatar(self, avatar_bgr, landmarks) -> None:
             pass
 
@@ -442,7 +445,7 @@ def test_the_hud_shows_the_engine_s_status_line(tmp_path):
             return np.zeros((720, 1280, 3), np.uint8)
 
         def backend_info(self) -> dict:
-            return {"backend": "remote", "providers": ["x"], "status": "server rtt 12 ms"}
+            return {"backend": "remote", "providers": ["x"], "note": "server rtt 12 ms"}
 
     photo = tmp_path / "hopper.jpg"
     cv2.imwrite(str(photo), load_grace_hopper_bgr())
@@ -450,6 +453,8 @@ def test_the_hud_shows_the_engine_s_status_line(tmp_path):
     app = LiveApp(settings, Reporting(), load_avatars([photo]), source=None, sinks=[], preview=None,
                   stats=Stats())
     try:
-        assert app._hud_info().status[-1] == "server rtt 12 ms"
+        from avatarify.hud import hud_lines
+
+        assert "remote on x (server rtt 12 ms)" in hud_lines(app._hud_info())
     finally:
         app.close()

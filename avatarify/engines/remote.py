@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from avatarify import wire
+from avatarify.datatypes import DrivingFrame
 from avatarify.engines.base import AnimatorError
 from avatarify.engines.fomm import FommAnimator
 from avatarify.runners import FommRunner, RunnerError
@@ -80,6 +81,8 @@ class RemoteRunner(FommRunner):
         self.bytes_sent = 0
         self.bytes_received = 0
         self.status = ""
+        self.frame_timestamp: float | None = None  # capture time of the frame the next animate gets
+        self.shown_timestamp: float | None = None  # capture time of the frame the newest prediction shows
         self._client = self._connect()
         self._check_token()
         self.providers = [f"triton@{server}"]  # names the server's runner after the first set_avatar
@@ -97,6 +100,7 @@ class RemoteRunner(FommRunner):
                 self._neutral = None
                 self._generation += 1
                 self._latest = np.ascontiguousarray(source, dtype=np.float32)  # held until a reply comes
+                self.shown_timestamp = None
                 self._first_frame = True
             self._send_state(avatar=True)
 
@@ -146,7 +150,7 @@ class RemoteRunner(FommRunner):
         with self._lock:
             self._sent_at = time.perf_counter()
             self._replied.clear()
-            callback = partial(self._on_reply, self._generation, self._sent_at)
+            callback = partial(self._on_reply, self._generation, self._sent_at, self.frame_timestamp)
         self.bytes_sent += len(frame)
         try:
             self._client.async_infer(wire.ANIMATE, inputs, callback, headers=self._headers,
@@ -156,7 +160,8 @@ class RemoteRunner(FommRunner):
             self._finish_frame()
             self._lost(_reason(exc))
 
-    def _on_reply(self, generation: int, sent_at: float, result=None, error=None) -> None:
+    def _on_reply(self, generation: int, sent_at: float, captured_at: float | None, result=None,
+                  error=None) -> None:
         """gRPC's callback thread: keep the newest prediction; stale or late replies are dropped."""
         rtt_ms = (time.perf_counter() - sent_at) * 1000.0
         try:
@@ -179,6 +184,7 @@ class RemoteRunner(FommRunner):
             with self._lock:
                 if generation == self._generation:
                     self._latest = prediction
+                    self.shown_timestamp = captured_at
                     self.rtt_ms.append(rtt_ms)
                     self.recent_rtt_ms.append(rtt_ms)
                     self.status = f"server rtt {np.mean(self.recent_rtt_ms):.0f} ms"
@@ -335,9 +341,18 @@ class RemoteAnimator(FommAnimator):
 
     name = "remote"
 
-    def backend_info(self) -> dict:
+    def animate(self, driving: DrivingFrame) -> np.ndarray:
         runner: RemoteRunner = self.runner
-        return {"backend": "remote", "providers": list(runner.providers), "status": runner.status}
+        runner.frame_timestamp = driving.timestamp
+        picture = super().animate(driving)
+        # The picture shows the newest reply, an earlier frame: latency counts from that one's capture.
+        self.shown_timestamp = runner.shown_timestamp
+        return picture
+
+    def backend_info(self) -> dict:
+        """The HUD's engine line ends with the note: the round trip, or why the avatar is held."""
+        runner: RemoteRunner = self.runner
+        return {"backend": "remote", "providers": list(runner.providers), "note": runner.status}
 
     def run_stats(self) -> dict:
         runner: RemoteRunner = self.runner
