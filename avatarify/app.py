@@ -68,7 +68,12 @@ def native_notices_silenced(enabled: bool = True) -> Iterator[None]:
 
 
 def choose_engine(settings: Settings) -> tuple[str, Path | None, str]:
-    """(engine name, checkpoint, why) for --engine auto|mesh|fomm."""
+    """(engine name, checkpoint, why) for --engine auto|mesh|fomm|remote."""
+    if settings.engine == "remote":
+        if not settings.server:
+            raise AnimatorError("--engine remote needs --server HOST:PORT (the machine running "
+                                "`python -m avatarify.server`).")
+        return "remote", None, f"asked for with --engine remote: FOMM on {settings.server}"
     if settings.engine == "mesh":
         if settings.checkpoint is not None:
             log.warning("--checkpoint is ignored with --engine mesh")
@@ -106,6 +111,12 @@ def build_animator(settings: Settings, choice: tuple[str, Path | None, str] | No
     log.info("engine: %s (%s)", name, why)
     if name == "fomm":
         return _build_fomm(settings, checkpoint)
+    if name == "remote":
+        from avatarify.engines.remote import create_remote_animator
+
+        # A video file gives every frame to the engine, so each waits for its own reply there.
+        return create_remote_animator(settings.server, settings.token_file, settings.transport,
+                                      settings.crop_margin, wait_for_reply=isinstance(settings.camera, Path))
     return _build_mesh(settings)
 
 
@@ -394,12 +405,15 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
             log.warning("No face was found in any frame from %s; the avatar stayed still.", source.name)
     finally:
         source.close()
+        if animator is not None:
+            animator.close()
     info = animator.backend_info()
     summary = stats.summary(animator.name, info, {
         "size": crop_size(settings), "framing": settings.framing,
         "output_size": [settings.cam_width, settings.cam_height], "camera": str(settings.camera),
         "dropped_frames": source.dropped, "avatars": len(avatars),
-        **{key: value for key, value in info.items() if key not in ("backend", "providers")}})
+        **{key: value for key, value in info.items() if key not in ("backend", "providers")},
+        **animator.run_stats()})
     log.info("%d frames, %.1f fps, engine %s on %s", summary["frames"], summary["fps"], animator.name,
              ", ".join(summary["providers"]))
     if settings.stats is not None:
