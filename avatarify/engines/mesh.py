@@ -60,9 +60,9 @@ MIN_AVATAR_SIDE = 32
 # mask's edge is feathered by HAIR_FEATHER face sizes (Gaussian sigma).
 HAIR_REACH = 0.35
 HAIR_MARGIN = 0.3
-NECK_FADE = (0.05, 0.35)
+NECK_FADE = (0.03, 0.25)
 HAIR_FEATHER = 0.006
-HAIR_EDGE = 0.03  # the head layer fades out over this share of the face size inside the outline
+HAIR_EDGE = 0.015  # the head layer fades out over this share of the face size inside the outline
 NECK_JAW = (58, 288)  # the jaw at mouth level, image left and right: the neck hangs below them
 PLATE_SIDE = 128  # the room behind the head is inpainted at about this resolution (it is smooth)
 CAVITY_START = 0.02  # mouth-open ratio above the avatar's own at which the cavity starts to show
@@ -192,7 +192,8 @@ class MeshAnimator(Animator):
         self._image_size = (0, 0)  # (width, height) of the avatar picture
         self._avatar_bgr: np.ndarray | None = None
         self._last_output: np.ndarray | None = None
-        self.last_map: np.ndarray | None = None  # (h, w, 2) backward map over the ROI (tests, HUD)
+        self.last_map: np.ndarray | None = None  # (h, w, 2) backward map over the changed box (benches)
+        self.last_map_origin: np.ndarray | None = None  # avatar px (x, y) of last_map's first pixel
         self.last_target: MotionTarget | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -543,6 +544,7 @@ class MeshAnimator(Animator):
             return self._avatar_bgr.copy()
         backward = self._upsampled(offsets, box)
         self.last_map = backward
+        self.last_map_origin = self._box_origin(box)
         # Reflected, not repeated: where a cut-off head moves into the frame, hair continues.
         warped = cv2.remap(self._avatar_bgr, backward, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
         if alpha is not None:
