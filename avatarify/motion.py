@@ -97,6 +97,9 @@ EYES = (
                473, (474, 475, 476, 477)),  # image right
 )
 IRIS_POINTS = tuple(range(NUM_MESH_POINTS, NUM_LANDMARKS))
+# The ring just above each upper lid margin (MediaPipe's eye "upper 1" contour), point for point with
+# EyeIndices.upper_lid[1:-1]: between the two lie the lashes and the lid's edge.
+LASH_RINGS = ((247, 30, 29, 27, 28, 56, 190), (414, 286, 258, 257, 259, 260, 467))
 
 
 def head_outline(points: np.ndarray) -> np.ndarray:
@@ -559,8 +562,11 @@ class MotionTransfer:
         upper, lower = list(eye.upper_lid[1:-1]), list(eye.lower_lid[1:-1])
         gap = np.linalg.norm(undone[upper, :2] - undone[lower, :2], axis=1).mean()
         neutral_gap = np.linalg.norm(self._neutral[upper, :2] - self._neutral[lower, :2], axis=1).mean()
-        # The deadband on the lid gap (in px, like the landmarks'), so a still eye stays as it is.
-        ratio = 1.0 + float(garrote(gap - neutral_gap, self._deadband_px)) / max(neutral_gap, 1e-6)
+        # The deadband on the lid gap, so a still eye stays as it is: the landmarks' own, shrunk by
+        # the square root of the lid points averaged (their wobble averages out as much); the
+        # landmarks' full deadband would swallow the first tenth of every blink and wink.
+        threshold = self._deadband_px / math.sqrt(len(upper))
+        ratio = 1.0 + float(garrote(gap - neutral_gap, threshold)) / max(neutral_gap, 1e-6)
         if ratio >= 1.0:
             return ratio
         floor = self.settings.eye_closed_below
@@ -570,10 +576,16 @@ class MotionTransfer:
         """Set the avatar's upper lids from the driver's eye openness as a ratio, not as pixels:
         eyes of different sizes then shut together, and a blink closes the avatar's eye fully."""
         expression = expression.copy()
-        for eye in EYES:
+        for eye, lashes in zip(EYES, LASH_RINGS):
             openness = 1.0 + k * (self.eye_openness(undone, eye) - 1.0)
-            upper, lower = list(eye.upper_lid[1:-1]), list(eye.lower_lid[1:-1])
+            upper, lower, lashes = list(eye.upper_lid[1:-1]), list(eye.lower_lid[1:-1]), list(lashes)
             lower_now = self._avatar[lower, :2] + expression[lower, :2]
             gap = self._avatar[upper, :2] - self._avatar[lower, :2]
             expression[upper, :2] = lower_now + openness * gap - self._avatar[upper, :2]
+            if openness < 1.0:
+                # A closing lid carries its lashes down with its edge; the skin above stretches
+                # (stretching the lashes instead reads, to the eye and to Face Mesh, as still open).
+                band = self._avatar[lashes, :2] - self._avatar[upper, :2]
+                carried = self._avatar[upper, :2] + expression[upper, :2] + band - self._avatar[lashes, :2]
+                expression[lashes, :2] += (1.0 - openness) * (carried - expression[lashes, :2])
         return expression

@@ -364,9 +364,17 @@ class MeshAnimator(Animator):
             cv2.fillPoly(region, [np.round(polygon * 16).astype(np.int32)], 1, cv2.LINE_AA, shift=4)
         # Soft inward: nothing beyond the outline moves with the head (the band outside it is
         # stretched by the fade, and hair there would be smeared into streaks).
+        # A head the picture's edge cuts keeps going beyond it: the edge does not count as outline
+        # (the outline keeps an inset from the edge; the rows and columns beside it continue it).
+        edge = 2
+        region[:edge], region[-edge:] = region[edge], region[-edge - 1]
+        region[:, :edge], region[:, -edge:] = region[:, edge:edge + 1], region[:, -edge - 1:-edge]
         feather = max(HAIR_EDGE * self._face_size, 1.0)
+        pad = int(feather) + 2
+        region = cv2.copyMakeBorder(region, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
         shrunk = cv2.erode(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(feather) + 1,) * 2))
-        return cv2.GaussianBlur(shrunk.astype(np.float32), (0, 0), feather / 2.0)
+        soft = cv2.GaussianBlur(shrunk.astype(np.float32), (0, 0), feather / 2.0, borderType=cv2.BORDER_REPLICATE)
+        return np.ascontiguousarray(soft[pad:-pad, pad:-pad])
 
     @staticmethod
     def _inpainted(image_bgr: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -869,15 +877,15 @@ class MeshAnimator(Animator):
         points = target.points
         eye = rig.indices
         head_scale = target.head.scale
-        iris_target = self._iris_in_eye(points[eye.iris_centre], rig, points)
-        # Where the mesh warp alone puts the avatar's iris: the nearest output pixel that samples it.
         opening_target = points[list(eye.opening)]
         opening_src = self._avatar_points[list(eye.opening)]
         gap_target = np.linalg.norm(points[list(eye.upper_lid)] - points[list(eye.lower_lid)], axis=1).mean()
         gap_src = np.linalg.norm(opening_src[:len(eye.upper_lid)] -
                                  self._avatar_points[list(eye.lower_lid)], axis=1).mean()
+        openness = gap_target / max(gap_src * head_scale, 1e-6)
+        iris_target = self._iris_in_eye(points[eye.iris_centre], rig, points, min(openness, 1.0))
         # Closing or opening wider: the lids move over a round iris, which the mesh would squash.
-        change = abs(1.0 - gap_target / max(gap_src * head_scale, 1e-6))
+        change = abs(1.0 - openness)
         moved_centre = self._mesh_moved(rig.iris_centre, target)
         shift = float(np.linalg.norm(iris_target - moved_centre))
         # Fade in the re-painted eye with the change, so the identity motion stays pixel-exact.
@@ -903,17 +911,20 @@ class MeshAnimator(Animator):
         region = warped[y0:y1, x0:x1].astype(np.float32)
         warped[y0:y1, x0:x1] = (region + alpha * (eye_bgr - region) + 0.5).astype(np.uint8)
 
-    def _iris_in_eye(self, iris: np.ndarray, rig: _EyeRig, points: np.ndarray) -> np.ndarray:
+    def _iris_in_eye(self, iris: np.ndarray, rig: _EyeRig, points: np.ndarray, openness: float = 1.0) -> np.ndarray:
         """The iris target kept inside the eye: in the eye's own frame (corner to corner = 0..1) at
-        most IRIS_REACH from where the avatar's iris sits, so a tracking glitch cannot roll it out."""
+        most IRIS_REACH from where the avatar's iris sits, so a tracking glitch cannot roll it out.
+        Across the eye it moves only as far as the eye is open: a closing lid covers the iris, it
+        does not push it down (Face Mesh's iris point sinks with a closing lid; a painted iris
+        following it would keep the pupil in sight)."""
         corners = list(rig.indices.corners)
         src = as_complex(self._avatar_points[corners])
         dst = as_complex(points[corners])
         home = (complex(*rig.iris_centre) - src[0]) / (src[1] - src[0])
         u = (complex(float(iris[0]), float(iris[1])) - dst[0]) / (dst[1] - dst[0])
         reach_x, reach_y = IRIS_REACH
-        u = complex(np.clip(u.real, home.real - reach_x, home.real + reach_x),
-                    np.clip(u.imag, home.imag - reach_y, home.imag + reach_y))
+        across = np.clip(u.imag - home.imag, -reach_y, reach_y) * max(openness, 0.0)
+        u = complex(np.clip(u.real, home.real - reach_x, home.real + reach_x), home.imag + across)
         z = dst[0] + u * (dst[1] - dst[0])
         return np.array([z.real, z.imag], np.float32)
 
