@@ -34,10 +34,10 @@ from scipy.spatial import Delaunay
 
 from avatarify.datatypes import DrivingFrame, FaceLandmarks
 from avatarify.engines.base import REGIONS, Animator, AnimatorError
-from avatarify.motion import (CHIN, EYES, FACE_OVAL, FOREHEAD, INNER_LIPS, MOUTH_CORNERS, MOUTH_INNER_BOTTOM,
+from avatarify.motion import (CHIN, EYES, FACE_OVAL, FOREHEAD, INNER_LIPS, LASH_RINGS, STABLE_POINTS, MOUTH_CORNERS, MOUTH_INNER_BOTTOM,
                               MOUTH_INNER_TOP, NUM_LANDMARKS, NUM_MESH_POINTS, OUTER_LIPS, EyeIndices,
                               MotionSettings, MotionTarget, MotionTransfer, Similarity, as_complex,
-                              as_points, fit_similarity, head_outline, mouth_open_ratio)
+                              as_points, head_outline, mouth_open_ratio)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ RING_SQUEEZE = 0.4  # the skin between face outline and ring may shrink to this 
 # A moved triangle whose doubled signed area (px²) falls below this, or flips sign, shows its back:
 # it is not drawn (the far cheek of a turned head, a lid closed over the eye).
 FLIP_AREA_PX2 = 1e-3
+WARP_SPACING = 0.05  # face widths between the warp mesh's points away from the features (see warp_points)
 # The backward map is computed on a grid of one sample per this many pixels of face size (sqrt of
 # the face box area), at least every 2nd pixel: ~70 samples across a face lands landmarks within
 # 0.4 px at any resolution (a 256 crop gets a 2 px step, a 720p call frame 3, 1080p 4).
@@ -153,6 +154,27 @@ def _box_around(points: np.ndarray, pad: float, limit: tuple[int, int, int, int]
     return x0, y0, x1, y1
 
 
+def warp_points(mesh: np.ndarray) -> np.ndarray:
+    """The Face Mesh points (indices) the warp's mesh is built on: every point of the features'
+    contours (lips, eyes and the rings around them, brows, nose, face outline) and the head-pose
+    points, plus enough of the rest (cheeks, forehead, chin) to keep WARP_SPACING face widths
+    between them. Expressions there are smooth, and each triangle costs a draw per frame: about
+    half the 468 points carry the warp at half the cost."""
+    from mediapipe.python.solutions import face_mesh_connections as contours
+
+    keep = {i for name in ("FACEMESH_LIPS", "FACEMESH_LEFT_EYE", "FACEMESH_RIGHT_EYE", "FACEMESH_LEFT_EYEBROW",
+                           "FACEMESH_RIGHT_EYEBROW", "FACEMESH_FACE_OVAL", "FACEMESH_NOSE")
+            for edge in getattr(contours, name) for i in edge}
+    keep |= set(STABLE_POINTS) | {i for ring in LASH_RINGS for i in ring}
+    points = np.asarray(mesh, dtype=np.float64)[:NUM_MESH_POINTS]
+    spacing = WARP_SPACING * float(np.ptp(points[:, 0]))
+    kept = sorted(keep)
+    for i in range(NUM_MESH_POINTS):
+        if i not in keep and np.linalg.norm(points[kept] - points[i], axis=1).min() >= spacing:
+            kept.append(i)
+    return np.array(sorted(kept))
+
+
 def _union(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     """The box (x0, y0, x1, y1) around two boxes (a may be None)."""
     if a is None:
@@ -195,6 +217,7 @@ class MeshAnimator(Animator):
         self.last_map: np.ndarray | None = None  # (h, w, 2) backward map over the changed box (benches)
         self.last_map_origin: np.ndarray | None = None  # avatar px (x, y) of last_map's first pixel
         self.last_target: MotionTarget | None = None
+        self._mouth_gain = np.ones(3, np.float32)  # driver -> avatar colour gain of the mouth interior
 
     # ------------------------------------------------------------------------------------------
     # Per avatar
@@ -251,14 +274,16 @@ class MeshAnimator(Animator):
         self._edge_nearest, self._edge_share = self._edge_shares(border, margin_px)
         # Face points outside the ROI (a face cut by the crop edge) are pulled in, so the border
         # stays the mesh's convex hull.
-        inside = np.clip(mesh, self._ring_box[:2], self._ring_box[2:]).astype(np.float32)
+        self._warp_points = warp_points(mesh)
+        faces = len(self._warp_points)
+        inside = np.clip(mesh[self._warp_points], self._ring_box[:2], self._ring_box[2:]).astype(np.float32)
         self._vertices_src = np.concatenate([inside, self._ring_src, border])
-        self._num_moving = NUM_MESH_POINTS + len(ring)
+        self._num_moving = faces + len(ring)
         triangles = Delaunay(self._vertices_src.astype(np.float64)).simplices.astype(np.int32)
         # Drawing layers, back to front: the room (triangles touching the still ring or the ROI
         # border), the head outline's band (hair, ears, neck), the face (sorted by depth per frame).
         outer = (triangles >= self._num_moving).any(axis=1)
-        face = (triangles < NUM_MESH_POINTS).all(axis=1)
+        face = (triangles < faces).all(axis=1)
         self._tri = triangles
         self._tri_layer = np.where(outer, 0, np.where(face, 2, 1)).astype(np.int32)
         self._tri_sign = np.sign(self._signed_areas(self._vertices_src[triangles]))
@@ -267,7 +292,7 @@ class MeshAnimator(Animator):
         pivot_z = float(self.motion.avatar_pivot[2])
         self._vertex_depth = np.full(len(self._vertices_src), pivot_z, np.float64)
         if depth is not None:
-            self._vertex_depth[:NUM_MESH_POINTS] = depth[:NUM_MESH_POINTS]
+            self._vertex_depth[:faces] = depth[self._warp_points]
         self._grid_points = grid.points()  # float32 (rows, cols, 2)
         self._grid_x = np.ascontiguousarray(self._grid_points[..., 0]).ravel()
         self._grid_y = np.ascontiguousarray(self._grid_points[..., 1]).ravel()
@@ -517,6 +542,8 @@ class MeshAnimator(Animator):
         if driving.landmarks is None:
             raise AnimatorError("No face in the driving frame; look at the camera and calibrate again.")
         self.motion.set_neutral(driving.landmarks.points, driving.landmarks.depth)
+        # The driver's light and white balance, once per calibration, from their lips.
+        self._mouth_gain = self._colour_gain(driving.crop_bgr, np.asarray(driving.landmarks.points, np.float64))
 
     # ------------------------------------------------------------------------------------------
     # Per frame
@@ -667,13 +694,14 @@ class MeshAnimator(Animator):
         ring = as_points(target.head(as_complex(self._ring_src + self._ring_expression(target))))
         ring = np.clip(ring, *self._ring_limits)
         vertices = self._vertices_src.copy()
-        vertices[:NUM_MESH_POINTS] = target.points[:NUM_MESH_POINTS]
-        vertices[NUM_MESH_POINTS:self._num_moving] = ring
+        faces = len(self._warp_points)
+        vertices[:faces] = target.points[self._warp_points]
+        vertices[faces:self._num_moving] = ring
         ring_motion = ring - self._ring_src
         vertices[self._num_moving:] += self._edge_share * ring_motion[self._edge_nearest]
         depth = self._vertex_depth + target.pose.shift[2]
         if target.depth is not None:
-            depth[:NUM_MESH_POINTS] = target.depth[:NUM_MESH_POINTS]
+            depth[:faces] = target.depth[self._warp_points]
         return vertices, depth
 
     def _ring_expression(self, target: MotionTarget) -> np.ndarray:
@@ -833,7 +861,7 @@ class MeshAnimator(Animator):
         patch = np.ascontiguousarray(crop[by0:by1, bx0:bx1])
         colour = cv2.warpAffine(patch, to_avatar, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         alpha = cv2.warpAffine(inside, to_avatar, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        gain = self._colour_gain(crop, driver_points)
+        gain = self._mouth_gain
         return np.clip(colour.astype(np.float32) * gain, 0.0, 255.0), alpha
 
     def _colour_gain(self, crop_bgr: np.ndarray, driver_points: np.ndarray) -> np.ndarray:
@@ -898,7 +926,9 @@ class MeshAnimator(Animator):
             return
         # The eyeball moves with the eye's corners, under the lids.
         corners = list(eye.corners)
-        to_target = fit_similarity(as_complex(self._avatar_points[corners]), as_complex(points[corners]), 1)
+        src, dst = as_complex(self._avatar_points[corners]), as_complex(points[corners])
+        m = (dst[1] - dst[0]) / (src[1] - src[0])
+        to_target = Similarity(complex(m), complex(dst[0] - m * src[0]))
         place = Similarity(1.0 + 0j, complex(*rig.ball_origin)).then(to_target).then(
             Similarity(1.0 + 0j, -complex(origin[0] + x0, origin[1] + y0)))
         background = cv2.warpAffine(rig.ball_bgr, place.matrix(), (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
