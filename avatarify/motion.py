@@ -3,20 +3,27 @@
 Input per avatar: the avatar's 478 landmarks (its pixels). Per calibration: the driving neutral
 landmarks (driving-crop pixels). Per frame: the driving landmarks and their capture timestamp, the
 user's strength and region, and the app's motion scale. Output: `MotionTarget` — the avatar's 478
-landmarks moved (avatar pixels) and the head motion as a similarity in avatar pixels.
+landmarks moved (avatar pixels) with their depth, the head's 3-D motion (`Pose3D`) and the motion of
+its outline seen from the front (a similarity), in avatar pixels.
 
 How:
-  1. Smoothing: a One Euro filter over all driving landmarks, driven by the real capture timestamps
-     (switchable off, so the quality bench can measure what it buys).
-  2. Head motion: a similarity (rotation, scale, translation) fitted from the neutral to the current
-     landmarks on points that expressions barely move (upper face oval, forehead, nose bridge), by
-     iteratively reweighted least squares so a few badly tracked points cannot tilt the head.
+  1. Smoothing: a One Euro filter over all driving landmarks (x, y and depth), driven by the real
+     capture timestamps (switchable off, so the quality bench can measure what it buys).
+  2. Head motion: a 3-D rotation, scale (leaning toward the camera) and shift fitted from the
+     neutral to the current landmarks with Face Mesh's depth (Umeyama's least squares, iteratively
+     reweighted so a few badly tracked points cannot tilt the head) on points that expressions
+     barely move (nose, eye corners, forehead centre line, the outline at ear level). It turns
+     about the head's pivot: the stable points' centre, at the depth of the outline at ear level.
+     Without depth (2-D landmark sources) the same fit is a similarity in the image plane.
   3. Expression: what is left of each landmark after undoing the head motion, relative to the
      neutral. The driver→avatar similarity (fitted once per calibration on the same stable points)
      carries it into the avatar's geometry: its scale is FOMM's adapt-scale (driving face size →
-     avatar face size), its rotation keeps "down" meaning the avatar's chin direction.
-  4. The head motion is re-expressed about the avatar's face centre, so a driver nodding in one
-     corner of their crop turns the avatar about its own face.
+     avatar face size), its rotation keeps "down" meaning the avatar's chin direction. Each eye's
+     upper lid follows that eye's openness as a ratio (blinks, winks, squints shut the avatar's
+     eye fully whatever its size), and a closing lid carries its lashes down with it.
+  4. The head motion is re-expressed about the avatar's own pivot and applied to the avatar's 3-D
+     landmarks (x, y, Face Mesh's depth), then projected (orthographically): a turn moves the nose
+     across the face and the near cheek out, as on the driver.
   5. A deadband: Face Mesh in tracking mode wobbles ~0.3 px even on identical frames, and every
      sub-pixel move of the warp re-samples (blurs) the avatar. Head motion, each landmark's
      expression and each eye's openness are shrunk by a non-negative garrote, x ↦ x·(1 − t²/|x|²)

@@ -1,8 +1,9 @@
 """Quality of an animation engine on synthetic driving clips with known motion.
 
 Input: an engine (MeshAnimator by default, any Animator works) and the clips of bench/clips.py.
-Output: DIR/quality.json (each measure next to its goal and a pass flag, plus per-case details) and
-DIR/quality_sheet.png (driver | avatar | output rows at several time points).
+Output: DIR/quality.json (each measure next to its goal and a pass flag, plus per-case details),
+DIR/quality_sheet.png (driver | avatar | output rows at several time points) and
+DIR/quality_hard_sheet.png (see below).
 
 The engine is driven the way the live app drives it: avatar = a neutral face crop with its static-mode
 landmarks; neutral = driving frame 0; then per frame DrivingFrame(crop_bgr=clip frame,
@@ -24,6 +25,16 @@ Measures:
                 sensor noise, landmark filter off / on
   lag_frames    frames from the driver's to the output's half-way point on a sudden head shift, filter on
   bg_drift      mean |output - avatar| far from the face, head still, 8-bit levels
+  feature_corr  per feature on the clip that moves it alone (per-eye winks, blink, brows, smile,
+                purse, mouth), Pearson r of driver vs output, both measured by static-mode Face
+                Mesh, cross-identity; the worst feature and pair counts
+  head_angle_err_deg  yaw (yaw clip, +-25 deg) and pitch (pitch clip, +-15 deg) of the output vs the
+                driver, each measured from Face Mesh's 3-D rigid points relative to frame 0, cross-
+                identity, mean |difference| of the worst clip and pair
+  fold_share    the largest share of face pixels, on the yaw/pitch/lean clips, where the engine's
+                output-to-avatar map is mirrored over a patch (engines that expose `last_map`)
+Output also: DIR/quality_hard_sheet.png, the harder scripts at their extreme frames (driver | avatar |
+output per cross-identity pair).
 
 CLI: `python bench/quality.py --out DIR [--small] [--frames N]`.
 """

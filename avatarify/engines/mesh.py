@@ -1,27 +1,36 @@
-"""The embedded engine: a piecewise-affine warp of the avatar photo along its face mesh (no weights).
+"""The embedded engine: the avatar photo's face mesh moved in 3-D and drawn back to front (no weights).
 
 Input per avatar: the avatar picture at the resolution the call shows it (the framed photo, e.g.
-1280x720, or a square face crop) and its 478 landmarks. Per calibration: the driving neutral frame.
-Per frame: a `DrivingFrame`. Output: the animated avatar, BGR uint8, the picture's size. Only the
-region around the head is warped, so the cost follows the face's size, not the picture's.
+1280x720, or a square face crop) and its 478 landmarks with Face Mesh's depth. Per calibration: the
+driving neutral frame. Per frame: a `DrivingFrame`. Output: the animated avatar, BGR uint8, the
+picture's size. Only the region around the head (ROI) is warped, so the cost follows the face's
+size, not the picture's.
 
 Per avatar (`set_avatar`), everything that does not depend on the driver is precomputed:
-  - the mesh: Delaunay over the 468 face points, a ring around the head (the face oval pushed
-    out and stretched up over the skull; it moves with the head, so hair, ears and a hat follow
-    it), a still ring a fade length outside it, and points on the border of the face region (ROI):
-    fixed inside the image, sliding with the head where the crop cuts the head off. Outside the ROI
-    the output is the avatar itself: the background stays put and costs nothing;
-  - the barycentric weights of every point of a reduced-resolution grid over the ROI (source side),
-    as a sparse matrix: per frame, the forward displacement field is one sparse product;
-  - the mouth cavity colours (from the avatar's lips), the eye regions with the irises painted out
-    and the iris patches (for gaze and blinks).
+  - the mesh: Delaunay over about half of the 468 face points (every feature contour, evenly spaced
+    points between: `warp_points`), a ring around the head (the face oval pushed out and stretched
+    up over the skull, then grown over the hair the person mask shows; it moves with the head's
+    outline), a still ring a fade length outside it, and points on the ROI's border (fixed inside
+    the picture, sliding along its edge where the picture cuts the head). Face vertices carry Face
+    Mesh's depth; the ring lies in the plane of the head's outline;
+  - the head as a layer over the room: a matte (MediaPipe's person mask inside the head outline,
+    fading into the still neck below the chin) and a room plate (the photo with the head
+    inpainted at low resolution), so a moving head uncovers room instead of stretching the wall,
+    the hair or the shirt beside it;
+  - the mouth's colours, and per eye the iris patch (completed where the lids hid it) and the
+    eyeball without it, carried on under the lids.
 
-Per frame (`animate`): motion.py gives the target landmarks; the mesh's vertex displacements give
-the forward field d on the source grid; the backward map x(q) with x + d(x) = q is found by a few
-fixed-point steps x ← q − d(x) (cv2.remap samples d), on the reduced grid, then upsampled with
-cv2.resize and applied by one cv2.remap. Then, only where needed: a shaded mouth cavity where the
-driver opens the mouth wider than the avatar's, and per eye the iris moved (gaze) and clipped by
-the lids (blinks: the lids close over it, no squashed iris).
+Per frame (`animate`): motion.py gives the target landmarks, their depth and the head's 3-D pose.
+The moved mesh is drawn on a reduced grid over the ROI (one sample per few pixels) back to front:
+the room, the outline's band, then the face's triangles from far to near; a triangle whose
+orientation flipped shows its back and is not drawn, so a turned head hides its far side instead of
+folding it. Each grid sample takes its triangle's affine map (target → source); the map is
+upsampled and applied by one cv2.remap, and the warped head is blended over the room plate by its
+moved matte, only within the box of pixels that can change. Then, where needed: per eye the eyeball
+and iris re-painted under the moved lids (blinks, winks, gaze), and the mouth interior where the
+driver opens wider than the avatar: the driver's own teeth and tongue from the driving frame (inside
+their inner lips, eroded, so their lips never show), colour-matched, over a shaded cavity, faded in
+with the opening.
 """
 from __future__ import annotations
 
@@ -382,8 +391,10 @@ class MeshAnimator(Animator):
         mesh = points[:NUM_MESH_POINTS].astype(np.float64)
         down = mesh[CHIN] - mesh[FOREHEAD]
         jaw = mesh[list(NECK_JAW)]
-        neck = np.array([jaw[0], jaw[1], jaw[1] + NECK_FADE[1] * down - 0.1 * (jaw[1] - jaw[0]),
-                         jaw[0] + NECK_FADE[1] * down + 0.1 * (jaw[1] - jaw[0])])
+        middle, half = jaw.mean(axis=0), 0.5 * (jaw[1] - jaw[0])
+        # The neck is narrower than the jaw at mouth level; the collar beside it stays with the room.
+        neck = np.array([middle - 0.8 * half, middle + 0.8 * half,
+                         middle + 0.65 * half + NECK_FADE[1] * down, middle - 0.65 * half + NECK_FADE[1] * down])
         region = np.zeros(shape, np.uint8)
         for polygon in (self._ring_src, neck):
             cv2.fillPoly(region, [np.round(polygon * 16).astype(np.int32)], 1, cv2.LINE_AA, shift=4)
