@@ -223,7 +223,7 @@ class MeshAnimator(Animator):
         self._image_size = (0, 0)  # (width, height) of the avatar picture
         self._avatar_bgr: np.ndarray | None = None
         self._last_output: np.ndarray | None = None
-        self.last_map: np.ndarray | None = None  # (h, w, 2) backward map over the changed box (benches)
+        self._last_relative: np.ndarray | None = None  # the last frame's relative map (see last_map)
         self.last_map_origin: np.ndarray | None = None  # avatar px (x, y) of last_map's first pixel
         self.last_target: MotionTarget | None = None
         self._mouth_gain = np.ones(3, np.float32)  # driver -> avatar colour gain of the mouth interior
@@ -250,7 +250,7 @@ class MeshAnimator(Animator):
         self._build_mouth(avatar_bgr, points)
         self._build_eyes(avatar_bgr, points)
         self._last_output = None
-        self.last_map = None
+        self._last_relative = None
 
     def _checked_avatar(self, avatar_bgr: np.ndarray) -> np.ndarray:
         if avatar_bgr is None or avatar_bgr.ndim != 3 or avatar_bgr.shape[2] != 3:
@@ -586,13 +586,14 @@ class MeshAnimator(Animator):
         box = self._changed_box(offsets, target, alpha)
         self.last_box = box
         if box is None:  # nothing moved: the avatar's own pixels
-            self.last_map = None
+            self._last_relative = None
             return self._avatar_bgr.copy()
-        backward = self._upsampled(offsets, box)
-        self.last_map = backward
+        relative = self._upsampled(offsets, box, relative=True)
+        self._last_relative = relative
         self.last_map_origin = self._box_origin(box)
         # Reflected, not repeated: where a cut-off head moves into the frame, hair continues.
-        warped = cv2.remap(self._avatar_bgr, backward, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        warped = cv2.remap(self._avatar_bgr, relative, None, cv2.INTER_LINEAR | cv2.WARP_RELATIVE_MAP,
+                           borderMode=cv2.BORDER_REFLECT_101)
         if alpha is not None:
             warped = self._over_room(warped, alpha, box)
         origin = self._box_origin(box)
@@ -658,14 +659,21 @@ class MeshAnimator(Animator):
             boxes.append((c0, r0, c1, r1))
         return boxes
 
-    def _upsampled(self, offsets: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        """The full-resolution backward map over a box of grid samples (avatar px, float32)."""
+    def _upsampled(self, offsets: np.ndarray, box: tuple[int, int, int, int], relative: bool = False) -> np.ndarray:
+        """The full-resolution backward map over a box of grid samples, float32: avatar px, or with
+        `relative` each pixel's source less its own position in the box (cv2.WARP_RELATIVE_MAP
+        then samples the whole avatar: no pass adding the pixel grid, and a faster remap)."""
         c0, r0, c1, r1 = box
         step = self.step
-        offset = np.ascontiguousarray(offsets[r0:r1, c0:c1])
+        offset = offsets[r0:r1, c0:c1]
+        if relative:  # the box's own origin is a constant: added on the grid, before upsampling
+            offset = offset + self._box_origin(box)
         # Upsample the offset, not the positions: it is 0 at the fixed border, so the half-sample
         # the upsampling clamps at the box's edge costs nothing there.
-        offset = cv2.resize(offset, ((c1 - c0) * step, (r1 - r0) * step), interpolation=cv2.INTER_LINEAR)
+        offset = cv2.resize(np.ascontiguousarray(offset), ((c1 - c0) * step, (r1 - r0) * step),
+                            interpolation=cv2.INTER_LINEAR)
+        if relative:
+            return offset
         return cv2.add(offset, self._full_grid[r0 * step:r1 * step, c0 * step:c1 * step], dst=offset)
 
     def _over_room(self, warped: np.ndarray, alpha: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -691,6 +699,16 @@ class MeshAnimator(Animator):
         inside = (at >= 0).all(axis=1) & (at[:, 0] <= grid.width - 1) & (at[:, 1] <= grid.height - 1)
         error = np.linalg.norm(sampled - self._avatar_points[:NUM_MESH_POINTS], axis=1)
         return np.where(inside, error, np.nan)
+
+    @property
+    def last_map(self) -> np.ndarray | None:
+        """(h, w, 2) float32 backward map (avatar px) of the last frame over the box that changed
+        (its first pixel at `last_map_origin`), or None when nothing moved; for benches and tests."""
+        if self._last_relative is None:
+            return None
+        height, width = self._last_relative.shape[:2]
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        return self._last_relative + np.stack([xs, ys], axis=-1)
 
     @property
     def roi(self) -> tuple[slice, slice]:
