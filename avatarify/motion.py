@@ -3,20 +3,27 @@
 Input per avatar: the avatar's 478 landmarks (its pixels). Per calibration: the driving neutral
 landmarks (driving-crop pixels). Per frame: the driving landmarks and their capture timestamp, the
 user's strength and region, and the app's motion scale. Output: `MotionTarget` — the avatar's 478
-landmarks moved (avatar pixels) and the head motion as a similarity in avatar pixels.
+landmarks moved (avatar pixels) with their depth, the head's 3-D motion (`Pose3D`) and the motion of
+its outline seen from the front (a similarity), in avatar pixels.
 
 How:
-  1. Smoothing: a One Euro filter over all driving landmarks, driven by the real capture timestamps
-     (switchable off, so the quality bench can measure what it buys).
-  2. Head motion: a similarity (rotation, scale, translation) fitted from the neutral to the current
-     landmarks on points that expressions barely move (upper face oval, forehead, nose bridge), by
-     iteratively reweighted least squares so a few badly tracked points cannot tilt the head.
+  1. Smoothing: a One Euro filter over all driving landmarks (x, y and depth), driven by the real
+     capture timestamps (switchable off, so the quality bench can measure what it buys).
+  2. Head motion: a 3-D rotation, scale (leaning toward the camera) and shift fitted from the
+     neutral to the current landmarks with Face Mesh's depth (Umeyama's least squares, iteratively
+     reweighted so a few badly tracked points cannot tilt the head) on points that expressions
+     barely move (nose, eye corners, forehead centre line, the outline at ear level). It turns
+     about the head's pivot: the stable points' centre, at the depth of the outline at ear level.
+     Without depth (2-D landmark sources) the same fit is a similarity in the image plane.
   3. Expression: what is left of each landmark after undoing the head motion, relative to the
      neutral. The driver→avatar similarity (fitted once per calibration on the same stable points)
      carries it into the avatar's geometry: its scale is FOMM's adapt-scale (driving face size →
-     avatar face size), its rotation keeps "down" meaning the avatar's chin direction.
-  4. The head motion is re-expressed about the avatar's face centre, so a driver nodding in one
-     corner of their crop turns the avatar about its own face.
+     avatar face size), its rotation keeps "down" meaning the avatar's chin direction. Each eye's
+     upper lid follows that eye's openness as a ratio (blinks, winks, squints shut the avatar's
+     eye fully whatever its size), and a closing lid carries its lashes down with it.
+  4. The head motion is re-expressed about the avatar's own pivot and applied to the avatar's 3-D
+     landmarks (x, y, Face Mesh's depth), then projected (orthographically): a turn moves the nose
+     across the face and the near cheek out, as on the driver.
   5. A deadband: Face Mesh in tracking mode wobbles ~0.3 px even on identical frames, and every
      sub-pixel move of the warp re-samples (blurs) the avatar. Head motion, each landmark's
      expression and each eye's openness are shrunk by a non-negative garrote, x ↦ x·(1 − t²/|x|²)
@@ -97,6 +104,9 @@ EYES = (
                473, (474, 475, 476, 477)),  # image right
 )
 IRIS_POINTS = tuple(range(NUM_MESH_POINTS, NUM_LANDMARKS))
+# The ring just above each upper lid margin (MediaPipe's eye "upper 1" contour), point for point with
+# EyeIndices.upper_lid[1:-1]: between the two lie the lashes and the lid's edge.
+LASH_RINGS = ((247, 30, 29, 27, 28, 56, 190), (414, 286, 258, 257, 259, 260, 467))
 
 
 def head_outline(points: np.ndarray) -> np.ndarray:
@@ -231,6 +241,150 @@ def scaled_head_motion(head: Similarity, centre: complex, k: float) -> Similarit
 
 
 # ---------------------------------------------------------------------------------------------
+# 3-D head pose
+
+# Face oval points at ear level: Face Mesh puts them near the tragus, about halfway back on the head
+# (z ≈ +0.45 face widths behind the face's centre, the nose tip ≈ −0.25). Their mean depth is the
+# plane of the head's outline seen from the front, and the pivot of head rotation lies in it.
+EAR_LEVEL_POINTS = (234, 127, 454, 356)
+
+
+def rotation_from_angles(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
+    """R = Rz(roll)·Ry(yaw)·Rx(pitch) in camera axes (x right, y down, z away from the camera):
+    yaw > 0 turns the nose toward image left, pitch > 0 tips it down, roll > 0 turns the face
+    clockwise on screen."""
+    y, p, r = (math.radians(v) for v in (yaw_deg, pitch_deg, roll_deg))
+    rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
+    ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
+    rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def angles_from_rotation(rotation: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of a rotation built as in `rotation_from_angles`."""
+    r = np.asarray(rotation, dtype=np.float64)
+    yaw = math.degrees(math.asin(float(np.clip(-r[2, 0], -1.0, 1.0))))
+    pitch = math.degrees(math.atan2(r[2, 1], r[2, 2]))
+    roll = math.degrees(math.atan2(r[1, 0], r[0, 0]))
+    return yaw, pitch, roll
+
+
+def _rotation_vector(rotation: np.ndarray) -> np.ndarray:
+    """Axis times angle (radians) of a rotation matrix."""
+    r = np.asarray(rotation, dtype=np.float64)
+    angle = math.acos(float(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0)))
+    if angle < 1e-9:
+        return np.zeros(3)
+    axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
+    if angle > math.pi - 1e-6:  # half-turn: the axis is the eigenvector of eigenvalue 1
+        w, v = np.linalg.eigh((r + np.eye(3)) / 2.0)
+        axis = v[:, int(np.argmax(w))]
+        return axis / np.linalg.norm(axis) * angle
+    return axis / (2.0 * math.sin(angle)) * angle
+
+
+def _rotation_matrix(vector: np.ndarray) -> np.ndarray:
+    """Rodrigues' formula: a rotation vector (axis times angle) as a matrix."""
+    angle = float(np.linalg.norm(vector))
+    if angle < 1e-12:
+        return np.eye(3)
+    k = np.asarray(vector, dtype=np.float64) / angle
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(angle) * cross + (1.0 - math.cos(angle)) * cross @ cross
+
+
+def in_plane_rotation(angle_rad: float) -> np.ndarray:
+    """Rotation about the camera axis (a roll), as a 3x3 matrix."""
+    c, s = math.cos(angle_rad), math.sin(angle_rad)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+@dataclass(frozen=True)
+class Pose3D:
+    """A head motion in 3-D: p ↦ scale·R·(p − pivot) + pivot + shift, for (N, 3) x, y, z points (px;
+    z away from the camera). Projection is orthographic: leaning toward the camera is the scale."""
+
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
+    scale: float = 1.0
+    pivot: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    shift: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        p = np.asarray(points, dtype=np.float64)
+        return self.scale * (p - self.pivot) @ self.rotation.T + self.pivot + self.shift
+
+    def inverse(self) -> "Pose3D":
+        moved_pivot = self.pivot + self.shift
+        return Pose3D(self.rotation.T, 1.0 / self.scale, moved_pivot, self.pivot - moved_pivot)
+
+    @property
+    def is_identity(self) -> bool:
+        return bool(np.array_equal(self.rotation, np.eye(3)) and self.scale == 1.0 and not np.any(self.shift))
+
+    def scaled(self, k: float) -> "Pose3D":
+        """The motion times k about its pivot: rotation angle, log-scale and shift (0 → identity)."""
+        if k == 1.0:
+            return self
+        return Pose3D(_rotation_matrix(k * _rotation_vector(self.rotation)), float(self.scale ** k),
+                      self.pivot, k * self.shift)
+
+    def conjugated(self, to_other: Similarity, other_pivot: np.ndarray) -> "Pose3D":
+        """The same motion seen through a 2-D similarity (roll and scale between two faces, as
+        z·|m| for depth): the rotation turned by the similarity's angle, the shift carried by it,
+        the pivot the other face's own."""
+        turn = in_plane_rotation(math.atan2(to_other.m.imag, to_other.m.real))
+        return Pose3D(turn @ self.rotation @ turn.T, self.scale, np.asarray(other_pivot, dtype=np.float64),
+                      abs(to_other.m) * turn @ self.shift)
+
+    @property
+    def angles_deg(self) -> tuple[float, float, float]:
+        """(yaw, pitch, roll), see `rotation_from_angles`."""
+        return angles_from_rotation(self.rotation)
+
+    def similarity(self) -> Similarity:
+        """The motion of the head's outline seen from the front: a head turning about its centre
+        keeps its outline, so only the roll (the rotation's in-plane part), the scale and the
+        pivot's shift move it."""
+        r = self.rotation
+        roll = math.atan2(r[1, 0] - r[0, 1], r[0, 0] + r[1, 1])
+        m = complex(self.scale * math.cos(roll), self.scale * math.sin(roll))
+        centre = complex(self.pivot[0], self.pivot[1])
+        return Similarity(m, centre + complex(self.shift[0], self.shift[1]) - m * centre)
+
+
+def fit_pose(src: np.ndarray, dst: np.ndarray, pivot: np.ndarray, iterations: int = 3) -> Pose3D:
+    """Least-squares rotation, scale and shift (Umeyama) taking (N, 3) `src` onto `dst`, made robust
+    by reweighting as `fit_similarity` does; expressed about `pivot`."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    weights = np.ones(len(src))
+    pose = Pose3D(pivot=np.asarray(pivot, dtype=np.float64))
+    for _ in range(iterations):
+        w = weights / weights.sum()
+        src_mean, dst_mean = w @ src, w @ dst
+        x, y = src - src_mean, dst - dst_mean
+        u, sigma, vt = np.linalg.svd((w[:, None] * y).T @ x)
+        d = np.diag([1.0, 1.0, float(np.sign(np.linalg.det(u @ vt))) or 1.0])
+        rotation = u @ d @ vt
+        scale = float(np.trace(np.diag(sigma) @ d) / max(float(w @ (x * x).sum(axis=1)), 1e-12))
+        # dst = scale·R·src + t; about the pivot: shift = scale·R·pivot + t − pivot.
+        t = dst_mean - scale * rotation @ src_mean
+        pose = Pose3D(rotation, scale, pose.pivot, scale * rotation @ pose.pivot + t - pose.pivot)
+        residual = np.linalg.norm(pose(src) - dst, axis=1)
+        limit = 2.0 * max(float(np.median(residual)), 1e-3)
+        weights = np.minimum(1.0, limit / np.maximum(residual, 1e-9))
+    return pose
+
+
+def head_pivot(points: np.ndarray, depth: np.ndarray | None) -> np.ndarray:
+    """The point the head turns about: the stable points' centre across, at the depth of the ear-level
+    outline (0 without depth)."""
+    xy = np.asarray(points, dtype=np.float64)[list(STABLE_POINTS)].mean(axis=0)
+    z = 0.0 if depth is None else float(np.asarray(depth, dtype=np.float64)[list(EAR_LEVEL_POINTS)].mean())
+    return np.array([xy[0], xy[1], z])
+
+
+# ---------------------------------------------------------------------------------------------
 # Motion transfer
 
 
@@ -265,8 +419,17 @@ class MotionTarget:
     """Where the avatar's landmarks go this frame (avatar pixels) and the head motion applied."""
 
     points: np.ndarray  # (478, 2) float32
-    head: Similarity  # avatar pixels → avatar pixels, strength already applied
+    head: Similarity  # the head outline's motion (roll, scale, shift), avatar px, strength applied
     expression: np.ndarray = field(repr=False, default=None)  # (478, 2) float32 deltas before head
+    depth: np.ndarray | None = field(repr=False, default=None)  # (478,) float32 z of the moved points
+    pose: Pose3D = field(repr=False, default_factory=Pose3D)  # the head's 3-D motion, avatar px
+
+
+def _xyz(points: np.ndarray, depth: np.ndarray | None) -> np.ndarray:
+    """(N, 3) float64 x, y, z (z = 0 without depth)."""
+    p = np.asarray(points, dtype=np.float64)
+    z = np.zeros(len(p)) if depth is None else np.asarray(depth, dtype=np.float64)
+    return np.column_stack([p[:, :2], z])
 
 
 class MotionTransfer:
@@ -276,36 +439,54 @@ class MotionTransfer:
         self.settings = settings or MotionSettings()
         self._filter = OneEuroFilter(self.settings.min_cutoff, self.settings.beta, self.settings.d_cutoff)
         self._stable = np.array(STABLE_POINTS)
-        self._avatar: np.ndarray | None = None  # complex (478,)
-        self._avatar_centre = 0j
-        self._neutral: np.ndarray | None = None  # complex (478,), driving crop pixels
+        self._avatar: np.ndarray | None = None  # (478, 3) x, y, z avatar px
+        self._avatar_pivot = np.zeros(3)
+        self._avatar_has_depth = False
+        self._neutral: np.ndarray | None = None  # (478, 3), driving crop px
+        self._neutral_pivot = np.zeros(3)
+        self._neutral_has_depth = False
         self._to_avatar = Similarity()  # driving-neutral pixels → avatar pixels
         self._deadband_px = 0.0  # per landmark, driving crop pixels (set with the neutral)
         self._head_deadband_px = 0.0
 
     # -- setup ---------------------------------------------------------------------------------
-    def set_avatar(self, avatar_points: np.ndarray) -> None:
-        self._avatar = as_complex(avatar_points)
-        self._avatar_centre = complex(self._avatar[self._stable].mean())
+    def set_avatar(self, avatar_points: np.ndarray, depth: np.ndarray | None = None) -> None:
+        self._avatar = _xyz(avatar_points, depth)
+        self._avatar_has_depth = depth is not None
+        self._avatar_pivot = head_pivot(avatar_points, depth)
         self._calibrate()
 
-    def set_neutral(self, neutral_points: np.ndarray) -> None:
-        """Driving neutral landmarks (crop pixels); also restarts the smoothing."""
-        self._neutral = as_complex(neutral_points)
-        face_width = abs(self._neutral[FACE_SIDES[1]] - self._neutral[FACE_SIDES[0]])
-        self._deadband_px = self.settings.deadband * float(face_width)
-        self._head_deadband_px = self.settings.head_deadband * float(face_width)
+    def set_neutral(self, neutral_points: np.ndarray, depth: np.ndarray | None = None) -> None:
+        """Driving neutral landmarks (crop pixels, and their depth when known); also restarts the
+        smoothing."""
+        self._neutral = _xyz(neutral_points, depth)
+        self._neutral_has_depth = depth is not None
+        self._neutral_pivot = head_pivot(neutral_points, depth)
+        face_width = float(np.linalg.norm(self._neutral[FACE_SIDES[1], :2] - self._neutral[FACE_SIDES[0], :2]))
+        self._deadband_px = self.settings.deadband * face_width
+        self._head_deadband_px = self.settings.head_deadband * face_width
         self._filter.reset()
         self._calibrate()
 
     def _calibrate(self) -> None:
         if self._avatar is not None and self._neutral is not None:
-            self._to_avatar = fit_similarity(self._neutral[self._stable], self._avatar[self._stable],
-                                             self.settings.robust_iterations)
+            stable = self._stable
+            self._to_avatar = fit_similarity(as_complex(self._neutral[stable, :2]),
+                                             as_complex(self._avatar[stable, :2]), self.settings.robust_iterations)
 
     @property
     def ready(self) -> bool:
         return self._avatar is not None and self._neutral is not None
+
+    @property
+    def in_3d(self) -> bool:
+        """Whether head turns are fitted in 3-D (both faces came with depth) or in the image plane."""
+        return self._avatar_has_depth and self._neutral_has_depth
+
+    @property
+    def avatar_pivot(self) -> np.ndarray:
+        """The avatar's head pivot (x, y, z avatar px; see `head_pivot`)."""
+        return self._avatar_pivot
 
     @property
     def driving_to_avatar(self) -> Similarity:
@@ -314,55 +495,85 @@ class MotionTransfer:
 
     # -- per frame -----------------------------------------------------------------------------
     def smooth(self, points: np.ndarray, timestamp: float) -> np.ndarray:
-        """The driving landmarks after the One Euro filter (or as they are when smoothing is off)."""
+        """The driving landmarks (any shape: x,y or x,y,z rows) after the One Euro filter, or as
+        they are when smoothing is off."""
         if not self.settings.smoothing:
             return np.asarray(points, dtype=np.float32)
         return self._filter(points, timestamp)
 
-    def head_motion(self, driving: np.ndarray) -> Similarity:
-        """Neutral → current head motion in driving crop pixels, fitted on the stable points."""
-        return fit_similarity(self._neutral[self._stable], driving[self._stable], self.settings.robust_iterations)
+    def head_pose(self, driving: np.ndarray) -> Pose3D:
+        """Neutral → current head motion in driving crop pixels (about the driver's head pivot),
+        fitted on the stable points: in 3-D when both faces have depth, else in the image plane."""
+        stable = self._stable
+        if self.in_3d:
+            return fit_pose(self._neutral[stable], driving[stable], self._neutral_pivot,
+                            self.settings.robust_iterations)
+        sim = fit_similarity(as_complex(self._neutral[stable, :2]), as_complex(driving[stable, :2]),
+                             self.settings.robust_iterations)
+        pivot = self._neutral_pivot
+        moved = sim(np.array([complex(pivot[0], pivot[1])]))[0]
+        return Pose3D(in_plane_rotation(math.atan2(sim.m.imag, sim.m.real)), abs(sim.m), pivot,
+                      np.array([moved.real - pivot[0], moved.imag - pivot[1], 0.0]))
 
     def target(self, driving_points: np.ndarray, timestamp: float, strength: float = 1.0,
-               region: str = "all", motion_scale: float = 1.0) -> MotionTarget:
+               region: str = "all", motion_scale: float = 1.0,
+               driving_depth: np.ndarray | None = None) -> MotionTarget:
         """Avatar landmark positions for this driving frame (see the module docstring)."""
         if not self.ready:
             raise RuntimeError("MotionTransfer needs set_avatar and set_neutral before target")
-        driving = as_complex(self.smooth(driving_points, timestamp))
+        depth = driving_depth if self._neutral_has_depth else None
+        driving = np.asarray(self.smooth(_xyz(driving_points, depth), timestamp), dtype=np.float64)
         k = float(strength) * float(motion_scale)
-        head_drv = self.head_motion(driving)
+        head_drv = self.head_pose(driving)
         undone = head_drv.inverse()(driving)
-        # Residual in the neutral's frame, then carried into the avatar's frame (rotation + adapt-scale).
-        residual = garrote(undone - self._neutral, self._deadband_px)
-        expression = self._to_avatar.m * residual * k
-        # The same head motion seen in avatar pixels: to_avatar ∘ head ∘ to_avatar⁻¹.
-        head_avatar = self._to_avatar.inverse().then(self._still_head(head_drv)).then(self._to_avatar)
-        head = scaled_head_motion(head_avatar, self._avatar_centre, k)
+        # Residual in the neutral's frame, then carried into the avatar's frame (roll + adapt-scale).
+        residual = self._neutral_delta(undone)
+        expression = self._carried(residual) * k
+        head = self._still_head(head_drv).conjugated(self._to_avatar, self._avatar_pivot).scaled(k)
         if region == "expression":
-            head = Similarity()
+            head = Pose3D(pivot=self._avatar_pivot)
         if region == "pose":
             expression = np.zeros_like(expression)
         else:
             expression = self._with_eye_openness(expression, undone, k)
-        points = head(self._avatar + expression)
-        return MotionTarget(as_points(points), head, as_points(expression))
+        moved = head(self._avatar + expression)
+        return MotionTarget(moved[:, :2].astype(np.float32), head.similarity(),
+                            expression[:, :2].astype(np.float32), moved[:, 2].astype(np.float32), head)
 
-    def _still_head(self, head: Similarity) -> Similarity:
-        """The head motion through the deadband: its mean displacement of the stable points is
-        garroted (scaling the motion about the face centre), so tracker wobble leaves it at rest."""
+    def _neutral_delta(self, undone: np.ndarray) -> np.ndarray:
+        """Each landmark's move from the neutral (head motion undone), through the per-landmark
+        deadband (on its image-plane length; depth follows the same factor)."""
+        delta = undone - self._neutral
+        planar = delta[:, 0] + 1j * delta[:, 1]
+        kept = np.abs(garrote(planar, self._deadband_px)) / np.maximum(np.abs(planar), 1e-12)
+        return delta * kept[:, None]
+
+    def _carried(self, delta: np.ndarray) -> np.ndarray:
+        """Driving-neutral deltas in the avatar's frame: turned by the driver→avatar roll, scaled by
+        its adapt-scale (depth by the same scale)."""
+        m = self._to_avatar.m
+        planar = m * (delta[:, 0] + 1j * delta[:, 1])
+        return np.column_stack([planar.real, planar.imag, abs(m) * delta[:, 2]])
+
+    def _still_head(self, head: Pose3D) -> Pose3D:
+        """The head motion through the deadband: its mean image-plane displacement of the stable
+        points is garroted (scaling the motion about its pivot), so tracker wobble leaves it at rest."""
         stable = self._neutral[self._stable]
-        moved = float(np.abs(head(stable) - stable).mean())
+        moved = float(np.linalg.norm((head(stable) - stable)[:, :2], axis=1).mean())
         keep = float(garrote(moved, self._head_deadband_px)) / max(moved, 1e-12)  # 0 → identity
-        return scaled_head_motion(head, complex(stable.mean()), keep)
+        return head.scaled(keep) if keep > 0.0 else Pose3D(pivot=head.pivot)
 
     def eye_openness(self, undone: np.ndarray, eye: EyeIndices) -> float:
         """Driver's lid gap over the neutral's (head motion undone), mapped so that Face Mesh's
         "shut" reads 0; wider than neutral stays as measured."""
         upper, lower = list(eye.upper_lid[1:-1]), list(eye.lower_lid[1:-1])
-        gap = np.abs(undone[upper] - undone[lower]).mean()
-        neutral_gap = np.abs(self._neutral[upper] - self._neutral[lower]).mean()
-        # The deadband on the lid gap (in px, like the landmarks'), so a still eye stays as it is.
-        ratio = 1.0 + float(garrote(gap - neutral_gap, self._deadband_px)) / max(neutral_gap, 1e-6)
+        gap = np.linalg.norm(undone[upper, :2] - undone[lower, :2], axis=1).mean()
+        neutral_gap = np.linalg.norm(self._neutral[upper, :2] - self._neutral[lower, :2], axis=1).mean()
+        # The deadband on the lid gap, so a still eye stays as it is: the landmarks' own, shrunk by
+        # the square root of the lid points averaged (their wobble averages out as much); the
+        # landmarks' full deadband would swallow the first tenth of every blink and wink.
+        threshold = self._deadband_px / math.sqrt(len(upper))
+        ratio = 1.0 + float(garrote(gap - neutral_gap, threshold)) / max(neutral_gap, 1e-6)
         if ratio >= 1.0:
             return ratio
         floor = self.settings.eye_closed_below
@@ -372,10 +583,16 @@ class MotionTransfer:
         """Set the avatar's upper lids from the driver's eye openness as a ratio, not as pixels:
         eyes of different sizes then shut together, and a blink closes the avatar's eye fully."""
         expression = expression.copy()
-        for eye in EYES:
+        for eye, lashes in zip(EYES, LASH_RINGS):
             openness = 1.0 + k * (self.eye_openness(undone, eye) - 1.0)
-            upper, lower = list(eye.upper_lid[1:-1]), list(eye.lower_lid[1:-1])
-            lower_now = self._avatar[lower] + expression[lower]
-            gap = self._avatar[upper] - self._avatar[lower]
-            expression[upper] = lower_now + openness * gap - self._avatar[upper]
+            upper, lower, lashes = list(eye.upper_lid[1:-1]), list(eye.lower_lid[1:-1]), list(lashes)
+            lower_now = self._avatar[lower, :2] + expression[lower, :2]
+            gap = self._avatar[upper, :2] - self._avatar[lower, :2]
+            expression[upper, :2] = lower_now + openness * gap - self._avatar[upper, :2]
+            if openness < 1.0:
+                # A closing lid carries its lashes down with its edge; the skin above stretches
+                # (stretching the lashes instead reads, to the eye and to Face Mesh, as still open).
+                band = self._avatar[lashes, :2] - self._avatar[upper, :2]
+                carried = self._avatar[upper, :2] + expression[upper, :2] + band - self._avatar[lashes, :2]
+                expression[lashes, :2] += (1.0 - openness) * (carried - expression[lashes, :2])
         return expression

@@ -14,15 +14,20 @@ measuring an engine on these clips is not circular):
     mouth cavity;
   - blink: the upper-lid skin is stretched down over the eye opening;
   - gaze: the iris disk is moved inside the eye opening, over an iris-free (inpainted) eye;
-then head motion (roll, shift, scale about the face centre) moves the head and leaves the room still,
-as in front of a webcam (the camera does not move when the user's head does): each output pixel shows
-the head's content moved by the similarity where the head now is, the unmoved photo far from it, and a
-smooth blend between. The blend weight is this module's own head model: 1 within HEAD_FULL face widths
-of the head outline (the face-mesh hull plus the cranium above it, which Face Mesh does not cover), 0
-beyond HEAD_STILL face widths, smoothstep between; it is evaluated where the content came from, so
-every pixel of the head moves rigidly and the landmarks follow the similarity exactly. The engine's own
-mesh ring is not used, so measuring an engine on these clips is not circular. Sensor noise is Gaussian
-pixel noise. Frame 0 of every script is the neutral (undeformed, unmoved) face.
+then head motion (roll, shift, scale about the face centre; for the yaw and pitch scripts a 3-D turn
+first) moves the head and leaves the room and the torso still, as in front of a webcam (the camera
+does not move when the user's head does): the head is a layer over the room. Its matte is this
+module's own head model: 1 within HEAD_FULL face widths of the head outline (the face-mesh hull plus
+the cranium above it, which Face Mesh does not cover) or of the hair (the person mask of MediaPipe's
+selfie segmentation within HAIR_REACH of the outline), 0 beyond HEAD_STILL face widths, smoothstep
+between, and nothing below the chin (neck and torso stay); the room behind it is the photo with the head inpainted (OpenCV's Navier-Stokes inpainting at
+full resolution). The head layer moves rigidly, so the landmarks follow the similarity exactly. A 3-D
+turn splats the head's points (depth: a thin-plate spline through Face Mesh's z of the photo, see
+BACK_REACH) with a depth buffer, so the far side hides behind the near side. Expressions for the
+harder scripts (per-eye winks, brow raises, smiles, purses) are smooth displacement fields of their
+own. The engine's own mesh, ring and matte are not used, so measuring an engine on these clips is not
+circular. Sensor noise is Gaussian pixel noise. Frame 0 of every script is the neutral (undeformed,
+unmoved) face.
 
 CLI: `python bench/clips.py --out DIR [--small]` writes every photo x script clip into DIR.
 
@@ -48,14 +53,16 @@ if __package__ in (None, ""):  # run as `python bench/clips.py`: make the repo r
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avatarify.datatypes import FaceLandmarks  # noqa: E402
-from avatarify.motion import (EYES, FACE_OVAL, MOUTH_CORNERS, NUM_MESH_POINTS, EyeIndices,  # noqa: E402
+from avatarify.motion import (CHIN, EYES, FACE_OVAL, MOUTH_CORNERS, NUM_MESH_POINTS, EyeIndices,  # noqa: E402
                               eye_open_ratio, mouth_open_ratio)
 from bench.common import read_json, setup_cli_logging, write_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 PHOTOS = ("astronaut", "grace_hopper")
-SCRIPTS = ("roll", "shift", "scale", "mouth", "blink", "gaze", "still_noise", "step", "mixed")
+# The harder scripts turn the head in 3-D and move one feature at a time (issue 12).
+HARD_SCRIPTS = ("yaw", "pitch", "lean", "wink", "brows", "smile", "purse")
+SCRIPTS = ("roll", "shift", "scale", "mouth", "blink", "gaze", "still_noise", "step", "mixed") + HARD_SCRIPTS
 
 # ---------------------------------------------------------------------------------------------------
 # Landmark indices (MediaPipe Face Mesh, refined: 468 mesh points + 10 iris points)
@@ -66,9 +73,17 @@ LOWER_LIP_BOTTOM, CHIN = 17, 152
 
 # The head model of the scripted head motion, in face widths (see the module docstring). Face Mesh
 # stops at the upper forehead; the cranium (hair, a cap) reaches about SKULL_LIFT higher. Hair and ears
-# within HEAD_FULL of that outline move with the head; the room beyond HEAD_STILL does not move at all.
-# The band between is wide enough that the largest scripted motion cannot fold the frame.
-SKULL_LIFT, HEAD_FULL, HEAD_STILL = 0.3, 0.1, 0.5
+# within HEAD_FULL of that outline move with the head; beyond HEAD_STILL is room, which never moves;
+# the head layer's matte fades out between.
+SKULL_LIFT, HEAD_FULL, HEAD_STILL = 0.3, 0.1, 0.16
+HAIR_REACH = 0.4  # face widths beyond the head outline that the person's hair may still count as head
+# The 3-D head of the yaw/pitch scripts (this module's own model): depth over the face from Face Mesh's
+# z of the photo, interpolated by a thin-plate spline; beyond the face it bends back over BACK_REACH
+# face widths to the plane of the head's outline (the mean depth of the oval's leftmost and
+# rightmost points); the head turns about the point PIVOT_BEHIND face widths behind the nose bridge.
+BACK_REACH, PIVOT_BEHIND = 0.35, 0.55
+BROWS = ((70, 63, 105, 66, 107), (336, 296, 334, 293, 300))  # upper brow edge, image left then right
+NOSE_BRIDGE = 168
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -99,6 +114,19 @@ def photo_landmarks(photo: str) -> FaceLandmarks:
     return landmarks
 
 
+def _person_mask(image_bgr: np.ndarray) -> np.ndarray | None:
+    """float32 person mask of a photo (MediaPipe selfie segmentation), or None if it cannot run."""
+    try:
+        import mediapipe as mp
+
+        with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as segmenter:
+            mask = segmenter.process(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)).segmentation_mask
+    except Exception as exc:  # noqa: BLE001 - the clip then moves the head outline's band only
+        log.warning("no person mask for the clip's photo (%s)", exc)
+        return None
+    return None if mask is None else np.asarray(mask, dtype=np.float32)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Scripted motion
 # ---------------------------------------------------------------------------------------------------
@@ -114,11 +142,22 @@ class ClipMotion:
     gaze_xy: np.ndarray  # (frames, 2) iris offset as a fraction of the eye width
     noise_sigma: float  # Gaussian sensor noise, 8-bit levels
     step_frame: int | None = None  # first frame after the sudden shift ("step" script)
+    yaw_deg: np.ndarray | None = None  # 3-D head turn (see `rotation_yaw_pitch`)
+    pitch_deg: np.ndarray | None = None
+    wink: np.ndarray | None = None  # (frames, 2) extra closure of the image-left / image-right eye
+    brow: np.ndarray | None = None  # 0..1 of the full brow raise
+    smile: np.ndarray | None = None  # 0..1 of the full smile (mouth corners up and out)
+    purse: np.ndarray | None = None  # 0..1 of the full purse (mouth corners in)
 
     @classmethod
     def neutral(cls, frames: int) -> "ClipMotion":
         return cls(np.zeros(frames), np.zeros((frames, 2)), np.ones(frames), np.zeros(frames),
-                   np.ones(frames), np.zeros((frames, 2)), 0.0)
+                   np.ones(frames), np.zeros((frames, 2)), 0.0, None, np.zeros(frames), np.zeros(frames),
+                   np.zeros((frames, 2)), np.zeros(frames), np.zeros(frames), np.zeros(frames))
+
+    def eye_open_lr(self, i: int) -> tuple[float, float]:
+        """Openness of the image-left and image-right eye at frame i."""
+        return (float(self.eye_open[i] * (1.0 - self.wink[i, 0])), float(self.eye_open[i] * (1.0 - self.wink[i, 1])))
 
 
 def _blink_closure(frames: int, centres: Sequence[float]) -> np.ndarray:
@@ -163,7 +202,31 @@ def script_motion(script: str, frames: int, size: int = 256) -> ClipMotion:
         m.noise_sigma = 1.0  # a real camera is never noise-free; the step must stand out of it
     if script == "mixed":
         m.noise_sigma = 1.0
+    if script == "yaw":
+        m.yaw_deg = 25.0 * np.sin(phase)
+    if script == "pitch":
+        m.pitch_deg = 15.0 * np.sin(phase)
+    if script == "lean":
+        m.scale = 1.0 + 0.15 * (1.0 - np.cos(phase))  # toward the camera to 1.3x and back
+    if script == "wink":
+        m.wink = np.stack([_blink_closure(frames, (0.3,)), _blink_closure(frames, (0.7,))], axis=1)
+    twice = 0.5 * (1.0 - np.cos(2 * phase))  # two raises per clip
+    if script == "brows":
+        m.brow = twice
+    if script == "smile":
+        m.smile = twice
+    if script == "purse":
+        m.purse = twice
     return m
+
+
+def rotation_yaw_pitch(yaw_deg: float, pitch_deg: float) -> np.ndarray:
+    """3x3 rotation in camera axes (x right, y down, z away from the camera), pitch applied first:
+    Ry(yaw)·Rx(pitch). yaw > 0 turns the nose toward image left, pitch > 0 tips it down."""
+    y, p = math.radians(yaw_deg), math.radians(pitch_deg)
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(p), -math.sin(p)], [0.0, math.sin(p), math.cos(p)]])
+    ry = np.array([[math.cos(y), 0.0, math.sin(y)], [0.0, 1.0, 0.0], [-math.sin(y), 0.0, math.cos(y)]])
+    return ry @ rx
 
 
 def head_matrix(roll_deg: float, shift_xy: Sequence[float], scale: float,
@@ -223,12 +286,17 @@ class FaceRig:
         self.photo, self.size = photo, size
         self.pad = size // 4
         self.canvas_size = size + 2 * self.pad
-        self.canvas_bgr, self.points = self._crop_to_canvas(load_photo_bgr(photo), photo_landmarks(photo),
-                                                            crop_factor)
+        landmarks = photo_landmarks(photo)
+        self.canvas_bgr, self.points = self._crop_to_canvas(load_photo_bgr(photo), landmarks, crop_factor)
+        scale = float(np.ptp(self.points[:NUM_MESH_POINTS, 0]) / np.ptp(landmarks.points[:NUM_MESH_POINTS, 0]))
+        self.depth = None if landmarks.depth is None else landmarks.depth.astype(np.float64) * scale
+        self._depth_map: np.ndarray | None = None
         self.centre_xy = (size / 2.0, size / 2.0)
         grid_y, grid_x = np.mgrid[0:self.canvas_size, 0:self.canvas_size].astype(np.float32)
         self._grid_x, self._grid_y = grid_x, grid_y
         self.head_weight = self._head_weight()
+        hole = (self.head_weight > 0.0).astype(np.uint8) * 255
+        self.room_bgr = cv2.inpaint(self.canvas_bgr, hole, 5.0, cv2.INPAINT_NS)  # the room behind the head
         frame_y, frame_x = np.mgrid[0:size, 0:size].astype(np.float32)
         self._frame_grid = np.stack([frame_x, frame_y], axis=-1)
         self.mouth = self._mouth_rig()
@@ -307,7 +375,9 @@ class FaceRig:
                        iris_radius, opening_mask, iris_free)
 
     def _head_weight(self) -> np.ndarray:
-        """float32 canvas field: 1 on the head, 0 on the room, smoothstep between (module docstring)."""
+        """float32 canvas field, the head layer's matte (module docstring): the head outline grown by
+        HEAD_FULL, plus the person's hair within HAIR_REACH of it above the mouth (MediaPipe's person
+        mask of the photo), feathered out to HEAD_STILL; nothing below the chin (neck, torso stay)."""
         mesh = self.points[:NUM_MESH_POINTS]
         width = float(np.ptp(mesh[:, 0]))
         oval = self.points[list(FACE_OVAL)]
@@ -316,8 +386,16 @@ class FaceRig:
         room = np.full((self.canvas_size, self.canvas_size), 255, np.uint8)
         cv2.fillConvexPoly(room, hull, 0)
         distance = cv2.distanceTransform(room, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        person = _person_mask(self.canvas_bgr)
+        if person is not None:  # hair reaching farther counts as head: as far as the person does
+            above_mouth = np.arange(self.canvas_size)[:, None] < self.points[list(MOUTH_CORNERS), 1].max()
+            hair = (person > 0.5) & (distance <= HAIR_REACH * width) & above_mouth
+            inside = cv2.distanceTransform((~hair).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+            distance = np.minimum(distance, np.where(hair, 0.0, inside + HEAD_FULL * width))
         band = (distance - HEAD_FULL * width) / ((HEAD_STILL - HEAD_FULL) * width)
-        return (1.0 - _smoothstep(band)).astype(np.float32)
+        rows = np.arange(self.canvas_size, dtype=np.float32)[:, None]
+        below_chin = (rows - self.points[CHIN, 1]) / (0.1 * width)
+        return ((1.0 - _smoothstep(band)) * (1.0 - _smoothstep(below_chin))).astype(np.float32)
 
     def _polygon_mask(self, polygon_xy: np.ndarray, roi: tuple[slice, slice]) -> np.ndarray:
         """Soft (anti-aliased) float32 mask of a polygon, in the coordinates of `roi`."""
@@ -360,10 +438,13 @@ class FaceRig:
             out[eye.roi] = np.clip(eye.iris_free_roi * (1 - alpha) + moved * alpha + 0.5, 0, 255).astype(np.uint8)
         return out
 
-    def _blink_rows(self, map_y: np.ndarray, eye_open: float) -> None:
-        """Stretch the upper-lid skin down: rows [upper - skin, upper] go to [upper - skin, new lid]."""
-        closure = 1.0 - float(np.clip(eye_open, 0.0, 1.0))
-        for eye in self.eyes:
+    def _blink_rows(self, map_y: np.ndarray, eye_open: Sequence[float]) -> None:
+        """Stretch the upper-lid skin down: rows [upper - skin, upper] go to [upper - skin, new lid],
+        per eye (image left, image right)."""
+        for eye, openness in zip(self.eyes, eye_open):
+            closure = 1.0 - float(np.clip(openness, 0.0, 1.0))
+            if closure <= 0.0:
+                continue
             skin = eye.lid_skin_px
             top = eye.upper_y - skin
             new_lid = eye.upper_y + closure * eye.opening
@@ -432,21 +513,30 @@ class FaceRig:
         out[r0:r1, c0:c1] = np.clip(block * (1 - alpha) + colour * alpha + 0.5, 0, 255).astype(np.uint8)
         return out
 
-    def render_canvas(self, mouth_open: float = 0.0, eye_open: float = 1.0,
-                      gaze_xy: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
-        """The face with the given expression, head unmoved, on the full canvas."""
+    def render_canvas(self, mouth_open: float = 0.0, eye_open: float | Sequence[float] = 1.0,
+                      gaze_xy: Sequence[float] = (0.0, 0.0), brow: float = 0.0, smile: float = 0.0,
+                      purse: float = 0.0) -> np.ndarray:
+        """The face with the given expression, head unmoved, on the full canvas. `eye_open` is one
+        value for both eyes or (image left, image right)."""
         canvas = self.canvas_bgr
         if np.any(np.asarray(gaze_xy) != 0):
             canvas = self._apply_gaze(canvas, gaze_xy)
         amount_px = float(np.clip(mouth_open, 0.0, 1.0)) * self.mouth.max_open_px
-        if eye_open >= 1.0 and amount_px <= 0.0:
+        eyes = np.broadcast_to(np.asarray(eye_open, dtype=np.float64), (2,))
+        if eyes.min() >= 1.0 and amount_px <= 0.0 and brow <= 0.0 and smile <= 0.0 and purse <= 0.0:
             return canvas
-        map_y = self._grid_y.copy()
-        if eye_open < 1.0:
-            self._blink_rows(map_y, eye_open)
+        map_x, map_y = self._grid_x.copy(), self._grid_y.copy()
+        if brow > 0.0:
+            map_y += self._brow_lift(brow)
+        if eyes.min() < 1.0:
+            self._blink_rows(map_y, eyes)
         if amount_px > 0.0:
             self._mouth_rows(map_y, amount_px)
-        moved = cv2.remap(canvas, self._grid_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        if smile > 0.0 or purse > 0.0:
+            dx, dy = self._corner_pull(smile, purse)
+            map_x -= dx
+            map_y -= dy
+        moved = cv2.remap(canvas, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
         if amount_px <= 0.0:
             return moved
         r0, neck = self._neck_cover(amount_px)
@@ -454,26 +544,164 @@ class FaceRig:
         moved[r0:] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
         return self._paint_cavity(moved, amount_px)
 
-    def head_map(self, head: np.ndarray) -> np.ndarray:
-        """(size, size, 2) float32: the canvas position each frame pixel shows when the head moves by
-        `head` (2x3, neutral-frame px -> frame px) and the room stays still."""
-        inverse = cv2.invertAffineTransform(np.asarray(head, dtype=np.float64)).astype(np.float32)
-        q = self._frame_grid
-        came_from = q @ inverse[:, :2].T + inverse[:, 2]  # the head content now at q, in neutral px
-        at = came_from + self.pad
-        weight = cv2.remap(self.head_weight, at[..., 0], at[..., 1], cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-        return q + weight[..., None] * (came_from - q) + self.pad
+    def _face_height(self) -> float:
+        return float(np.linalg.norm(self.points[10] - self.points[CHIN]))
 
-    def render_frame(self, mouth_open: float, eye_open: float, gaze_xy: Sequence[float],
-                     head: np.ndarray) -> np.ndarray:
-        """One noise-free size x size frame: the expression, then the head moved by `head`."""
-        canvas = self.render_canvas(mouth_open, eye_open, gaze_xy)
+    def _brow_lift(self, amount: float) -> np.ndarray:
+        """(canvas) float32 upward pull of the backward map for a brow raise: the brows and the
+        forehead above them move up by up to 0.06 face heights, fading to nothing at the upper
+        forehead and at the upper lid margin (the eye itself does not open)."""
+        lift = 0.06 * self._face_height() * float(np.clip(amount, 0.0, 1.0))
+        xs = np.arange(self.canvas_size, dtype=np.float64)
+        ys = np.arange(self.canvas_size, dtype=np.float64)[:, None]
+        field = np.zeros((self.canvas_size, self.canvas_size))
+        width = float(np.ptp(self.points[:NUM_MESH_POINTS, 0]))
+        top = self.points[10, 1] - 0.05 * self._face_height()
+        for brow, eye in zip(BROWS, self.eyes):
+            brow_xy = self.points[list(brow)]
+            brow_y = _curve_y(brow_xy, xs)[None, :]
+            lid_y = np.interp(xs, xs[eye.cols], eye.upper_y)[None, :]
+            lo, hi = brow_xy[:, 0].min(), brow_xy[:, 0].max()
+            reach = 0.12 * width
+            across = 1.0 - _smoothstep(np.maximum(np.maximum(lo - xs, xs - hi), 0.0) / reach)[None, :]
+            rise = _smoothstep((ys - top) / np.maximum(brow_y - top, 1.0))  # forehead top -> brow
+            fall = 1.0 - _smoothstep((ys - brow_y) / np.maximum(lid_y - brow_y, 1.0))  # brow -> lid
+            field = np.maximum(field, across * np.where(ys <= brow_y, rise, fall))
+        return (lift * field).astype(np.float32)
+
+    def _corner_pull(self, smile: float, purse: float) -> tuple[np.ndarray, np.ndarray]:
+        """(dx, dy) canvas float32: where a smile (corners up and out) and a purse (corners in)
+        move the skin, a smooth bump around each mouth corner (the backward map subtracts it)."""
+        m = self.mouth
+        centre = 0.5 * (self.points[MOUTH_CORNERS[0]] + self.points[MOUTH_CORNERS[1]])
+        sigma = 0.3 * m.width
+        dx = np.zeros((self.canvas_size, self.canvas_size), np.float64)
+        dy = np.zeros_like(dx)
+        for corner in (self.points[61], self.points[291]):
+            outward = np.sign(corner[0] - centre[0])
+            move = (m.width * (0.10 * smile - 0.12 * purse) * outward, -0.08 * m.width * smile)
+            weight = np.exp(-((self._grid_x - corner[0]) ** 2 + (self._grid_y - corner[1]) ** 2) / (2 * sigma ** 2))
+            dx += move[0] * weight
+            dy += move[1] * weight
+        return dx.astype(np.float32), dy.astype(np.float32)
+
+    def head_map(self, head: np.ndarray) -> np.ndarray:
+        """(size, size, 2) float32: the canvas position each frame pixel of the head layer shows when
+        the head moves by `head` (2x3, neutral-frame px -> frame px)."""
+        inverse = cv2.invertAffineTransform(np.asarray(head, dtype=np.float64)).astype(np.float32)
+        came_from = self._frame_grid @ inverse[:, :2].T + inverse[:, 2]  # neutral px
+        return came_from + self.pad
+
+    def _over_room(self, head_bgr: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """The head layer (frame-sized, with its matte) over the still room."""
+        room = self.room_bgr[self.pad:self.pad + self.size, self.pad:self.pad + self.size].astype(np.float32)
+        frame = room + alpha[..., None] * (head_bgr.astype(np.float32) - room)
+        return np.clip(frame + 0.5, 0, 255).astype(np.uint8)
+
+    def render_frame(self, mouth_open: float, eye_open: float | Sequence[float], gaze_xy: Sequence[float],
+                     head: np.ndarray, brow: float = 0.0, smile: float = 0.0, purse: float = 0.0,
+                     yaw_deg: float = 0.0, pitch_deg: float = 0.0) -> np.ndarray:
+        """One noise-free size x size frame: the expression, then the head moved by `head` (and,
+        for a 3-D turn, by yaw and pitch first)."""
+        canvas = self.render_canvas(mouth_open, eye_open, gaze_xy, brow, smile, purse)
+        if yaw_deg or pitch_deg:
+            return self._render_turned(canvas, head, yaw_deg, pitch_deg)
         if np.allclose(head, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]):
             return canvas[self.pad:self.pad + self.size, self.pad:self.pad + self.size].copy()
         source = self.head_map(head)
-        return cv2.remap(canvas, source[..., 0], source[..., 1], cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REFLECT_101)
+        head_bgr = cv2.remap(canvas, source[..., 0], source[..., 1], cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REFLECT_101)
+        alpha = cv2.remap(self.head_weight, source[..., 0], source[..., 1], cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        return self._over_room(head_bgr, alpha)
+
+    # -- the 3-D head ---------------------------------------------------------------------------------
+    def depth_map(self) -> np.ndarray:
+        """(canvas) float32 depth of the head's surface (px, larger = farther; module constants)."""
+        if self._depth_map is not None:
+            return self._depth_map
+        from scipy.interpolate import RBFInterpolator
+
+        if self.depth is None:
+            raise RuntimeError("the photo's landmarks have no depth; 3-D clips need Face Mesh's z")
+        mesh, z = self.points[:NUM_MESH_POINTS], self.depth[:NUM_MESH_POINTS]
+        spline = RBFInterpolator(mesh, z, kernel="thin_plate_spline", smoothing=1.0)
+        step = 4
+        coarse = np.arange(0, self.canvas_size + step, step, dtype=np.float64)
+        gx, gy = np.meshgrid(coarse, coarse)
+        surface = spline(np.column_stack([gx.ravel(), gy.ravel()])).reshape(gx.shape).astype(np.float32)
+        surface = cv2.resize(surface, (len(coarse) * step, len(coarse) * step),
+                             interpolation=cv2.INTER_CUBIC)[:self.canvas_size, :self.canvas_size]
+        oval = self.points[list(FACE_OVAL)]
+        sides = np.argsort(oval[:, 0])[[0, 1, -2, -1]]
+        back = float(self.depth[list(np.asarray(FACE_OVAL)[sides])].mean())
+        outside = np.full((self.canvas_size, self.canvas_size), 255, np.uint8)
+        cv2.fillConvexPoly(outside, cv2.convexHull(np.round(mesh).astype(np.int32)), 0)
+        distance = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        width = float(np.ptp(mesh[:, 0]))
+        bend = _smoothstep(distance / (BACK_REACH * width))
+        # The spline extrapolates its slope beyond the face; no point lies behind the outline's plane.
+        surface = np.clip(surface, float(z.min()), back)
+        self._depth_map = (surface + bend * (back - surface)).astype(np.float32)
+        return self._depth_map
+
+    def pivot(self) -> np.ndarray:
+        """The point the head turns about, canvas px and depth."""
+        width = float(np.ptp(self.points[:NUM_MESH_POINTS, 0]))
+        return np.array([self.centre_xy[0] + self.pad, self.centre_xy[1] + self.pad,
+                         self.depth[NOSE_BRIDGE] + PIVOT_BEHIND * width])
+
+    def _render_turned(self, canvas: np.ndarray, head: np.ndarray, yaw_deg: float, pitch_deg: float) -> np.ndarray:
+        """The head layer turned in 3-D, then moved by `head`, over the still room. Forward splatting
+        with a depth buffer: every canvas point of the head layer (2x2 per pixel) goes where its 3-D
+        point lands; the nearest point wins each frame pixel, so the far side of a turned head hides
+        behind the near side."""
+        rows, cols = np.nonzero(self.head_weight > 0.0)
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        sub = (np.arange(2) + 0.5) / 2.0 - 0.5
+        ys = (np.arange(r0, r1)[:, None] + sub[None, :]).ravel()
+        xs = (np.arange(c0, c1)[:, None] + sub[None, :]).ravel()
+        gx, gy = np.meshgrid(xs.astype(np.float32), ys.astype(np.float32))
+        w = cv2.remap(self.head_weight, gx, gy, cv2.INTER_LINEAR).ravel().astype(np.float64)
+        z = cv2.remap(self.depth_map(), gx, gy, cv2.INTER_LINEAR).ravel().astype(np.float64)
+        p = np.column_stack([gx.ravel(), gy.ravel()]).astype(np.float64)
+        on_head = w > 0.0
+        p, w, z = p[on_head], w[on_head], z[on_head]
+        pivot = self.pivot()
+        turned = np.column_stack([p - pivot[:2], z - pivot[2]]) @ rotation_yaw_pitch(yaw_deg, pitch_deg).T
+        neutral_px = turned[:, :2] + pivot[:2] - self.pad  # neutral-frame px after the turn
+        target = neutral_px @ np.asarray(head)[:, :2].T + np.asarray(head)[:, 2]
+        px = np.round(target).astype(np.int64)
+        keep = (px[:, 0] >= 0) & (px[:, 0] < self.size) & (px[:, 1] >= 0) & (px[:, 1] < self.size)
+        key = px[keep, 1] * self.size + px[keep, 0]
+        order = np.lexsort((turned[keep, 2], key))
+        first = np.unique(key[order], return_index=True)[1]
+        winner, pixel = order[first], key[order][first]
+        source = np.zeros((self.size * self.size, 2), np.float32)
+        alpha = np.zeros(self.size * self.size, np.float32)
+        hit = np.zeros(self.size * self.size, np.float32)
+        # The winner's source, shifted by how far its landing spot is from the pixel centre.
+        landed = target[keep][winner]
+        centre = np.column_stack([pixel % self.size, pixel // self.size])
+        source[pixel] = p[keep][winner] + (centre - landed)
+        alpha[pixel] = w[keep][winner]
+        hit[pixel] = 1.0
+        shape = (self.size, self.size)
+        source, alpha = self._filled(source.reshape(*shape, 2), alpha.reshape(shape), hit.reshape(shape))
+        head_bgr = cv2.remap(canvas, source[..., 0], source[..., 1], cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REFLECT_101)
+        return self._over_room(head_bgr, alpha)
+
+    @staticmethod
+    def _filled(source: np.ndarray, alpha: np.ndarray, hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels no point landed on, amid ones that were, take the mean of those neighbours."""
+        count = cv2.boxFilter(hit, -1, (3, 3), normalize=False)
+        holes = (hit == 0) & (count >= 3)
+        total = cv2.boxFilter(source * hit[..., None], -1, (3, 3), normalize=False)
+        matte = cv2.boxFilter(alpha * hit, -1, (3, 3), normalize=False)
+        source[holes] = total[holes] / count[holes][:, None]
+        alpha[holes] = matte[holes] / count[holes]
+        return source, alpha
 
     def neutral_frame(self) -> np.ndarray:
         """Frame 0 of every script without sensor noise: the face as cropped, nothing moved."""
@@ -508,6 +736,12 @@ class FrameTruth:
     head_matrix: list[list[float]]  # 2x3, neutral-frame px -> this frame's px
     expected_mouth_ratio: float
     expected_eye_ratio: float
+    yaw_deg: float = 0.0
+    pitch_deg: float = 0.0
+    eye_open_lr: tuple[float, float] = (1.0, 1.0)
+    brow: float = 0.0
+    smile: float = 0.0
+    purse: float = 0.0
 
 
 TRUTH_MEANING = {
@@ -516,9 +750,11 @@ TRUTH_MEANING = {
     "scale": "head scale about centre_xy (1 = as in frame 0)",
     "head_matrix": "2x3 similarity from roll/scale/shift: rigid landmarks of this frame = "
                    "head_matrix @ [neutral_landmarks, 1]; it moves the head only (see head_region)",
-    "head_region": "face widths from the head outline (face-mesh hull plus the cranium, skull_lift face "
-                   "widths above the oval's upper half): pixels within full move with head_matrix, pixels "
-                   "beyond still do not move, smoothstep between",
+    "head_region": "the head layer's matte, in face widths from the head outline (face-mesh hull plus the "
+                   "cranium, skull_lift face widths above the oval's upper half) or from the person mask's hair "
+                   "within hair_reach of it: 1 within full, 0 beyond still, smoothstep between, faded out over "
+                   "0.1 face widths below the chin; the layer moves with head_matrix (and yaw/pitch) over the "
+                   "room (the photo with the head inpainted), which does not move",
     "mouth_open": "0 = the photo's own mouth, 1 = lower inner lip (point 14) moved down by "
                   "mouth_max_open_px (neutral-frame px) relative to the upper lip",
     "eye_open": "1 = the photo's own eyes, 0 = upper lid (159/386) lowered onto the lower lid (145/374)",
@@ -528,6 +764,14 @@ TRUTH_MEANING = {
     "expected_eye_ratio": "eye_open_ratio the scripted lids should re-measure (neutral ratio * eye_open)",
     "noise_sigma": "std of Gaussian sensor noise added to every pixel and channel, 8-bit levels",
     "step_frame": "first frame after the sudden head shift (script 'step'), else null",
+    "yaw_deg": "3-D head turn before head_matrix, degrees about the vertical axis through the head's pivot; "
+               "> 0 turns the nose toward image left (rotation_yaw_pitch: Ry(yaw)·Rx(pitch), x right, y down, "
+               "z away from the camera)",
+    "pitch_deg": "3-D head turn about the horizontal axis, degrees; > 0 tips the nose down",
+    "eye_open_lr": "openness of the image-left and image-right eye (eye_open times 1 - wink), as eye_open",
+    "brow": "0..1 of a brow raise: brows and forehead up by 0.06 face heights (10 to 152) at 1",
+    "smile": "0..1 of a smile: mouth corners (61/291) out by 0.10 and up by 0.08 mouth widths at 1",
+    "purse": "0..1 of a purse: mouth corners in by 0.12 mouth widths each at 1",
 }
 
 
@@ -549,6 +793,12 @@ def _frame_truths(rig: FaceRig, motion: ClipMotion, fps: float) -> list[FrameTru
             head_matrix=np.round(head, 6).tolist(),
             expected_mouth_ratio=neutral_mouth + float(motion.mouth_open[i]) * rig.mouth.max_open_px / rig.mouth.width,
             expected_eye_ratio=neutral_eye * float(motion.eye_open[i]),
+            yaw_deg=float(motion.yaw_deg[i]),
+            pitch_deg=float(motion.pitch_deg[i]),
+            eye_open_lr=motion.eye_open_lr(i),
+            brow=float(motion.brow[i]),
+            smile=float(motion.smile[i]),
+            purse=float(motion.purse[i]),
         ))
     return truths
 
@@ -569,7 +819,8 @@ def make_clip(photo: str = "astronaut", script: str = "mixed", frames: int = 48,
     rng = np.random.default_rng(seed)
     clip = []
     for truth in truths:
-        frame = rig.render_frame(truth.mouth_open, truth.eye_open, truth.gaze_xy, np.asarray(truth.head_matrix))
+        frame = rig.render_frame(truth.mouth_open, truth.eye_open_lr, truth.gaze_xy, np.asarray(truth.head_matrix),
+                                 truth.brow, truth.smile, truth.purse, truth.yaw_deg, truth.pitch_deg)
         if motion.noise_sigma > 0:
             noisy = frame.astype(np.float32) + rng.normal(0.0, motion.noise_sigma, frame.shape).astype(np.float32)
             frame = np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
@@ -579,7 +830,7 @@ def make_clip(photo: str = "astronaut", script: str = "mixed", frames: int = 48,
         "noise_sigma": motion.noise_sigma, "step_frame": motion.step_frame,
         "centre_xy": list(rig.centre_xy),
         "mouth_max_open_px": rig.mouth.max_open_px,
-        "head_region": {"skull_lift": SKULL_LIFT, "full": HEAD_FULL, "still": HEAD_STILL},
+        "head_region": {"skull_lift": SKULL_LIFT, "full": HEAD_FULL, "still": HEAD_STILL, "hair_reach": HAIR_REACH},
         "neutral": {"mouth_ratio": mouth_open_ratio(rig.points), "eye_ratio": eye_open_ratio(rig.points)},
         "neutral_landmarks": np.round(rig.neutral_points, 3).tolist(),
         "meaning": TRUTH_MEANING,

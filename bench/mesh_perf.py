@@ -3,7 +3,7 @@
 Input: nothing but the flags; the driving clip is synthesized by bench/clips.py ('mixed' script:
 roll, shift, scale, mouth, blink, gaze at once, light sensor noise) and the avatar is the other photo's
 neutral crop. Per frame and size (256, 512): Face Mesh landmarks in tracking mode on the driving
-crop → motion transfer → mesh warp (+ mouth cavity, eyes), each stage timed with perf_counter.
+crop → motion transfer (3-D head pose) → mesh warp (+ mouth interior, eyes), each stage timed.
 Output in DIR: mesh_perf.json (fps_256, fps_512: median end-to-end fps after warm-up; per-stage
 median/p95 ms; landing error of the warp; identity error), mesh_perf_strip.png (driver | output at
 several frames, both sizes), mesh_perf_features.png (zoomed faces: mouth, blink, gaze, cross-identity)
@@ -106,9 +106,10 @@ def time_size(size: int, frames: int, warmup: int, passes: int) -> SizeResult:
                 t0 = clock()
                 landmarks = detector.detect(frame)
                 t1 = clock()
-                target = engine.motion.target(landmarks.points, timestamp, engine.strength, engine.region)
+                target = engine.motion.target(landmarks.points, timestamp, engine.strength, engine.region,
+                                              driving_depth=landmarks.depth)
                 t2 = clock()
-                output = engine.render(target)
+                output = engine.render(target, DrivingFrame(frame, landmarks, timestamp))
                 t3 = clock()
                 count += 1
                 if repeat == 0:

@@ -1,10 +1,11 @@
 """Quality of an animation engine on synthetic driving clips with known motion.
 
 Input: an engine (MeshAnimator by default, any Animator works) and the clips of bench/clips.py.
-Output: DIR/quality.json (each measure next to its goal and a pass flag, plus per-case details) and
-DIR/quality_sheet.png (driver | avatar | output rows at several time points); the call picture at the
-camera's resolution (bench/call_quality.py: detail, far pixels, seam, for both engines) adds the
-"call_picture" section and DIR/call_sheet.png.
+Output: DIR/quality.json (each measure next to its goal and a pass flag, plus per-case details),
+DIR/quality_sheet.png (driver | avatar | output rows at several time points) and
+DIR/quality_hard_sheet.png (see below); the call picture at the camera's resolution
+(bench/call_quality.py: detail, far pixels, seam, for both engines) adds the "call_picture" section
+and DIR/call_sheet.png.
 
 The engine is driven the way the live app drives it: avatar = a neutral face crop with its static-mode
 landmarks; neutral = driving frame 0; then per frame DrivingFrame(crop_bgr=clip frame,
@@ -26,6 +27,16 @@ Measures:
                 sensor noise, landmark filter off / on
   lag_frames    frames from the driver's to the output's half-way point on a sudden head shift, filter on
   bg_drift      mean |output - avatar| far from the face, head still, 8-bit levels
+  feature_corr  per feature on the clip that moves it alone (per-eye winks, blink, brows, smile,
+                purse, mouth), Pearson r of driver vs output, both measured by static-mode Face
+                Mesh, cross-identity; the worst feature and pair counts
+  head_angle_err_deg  yaw (yaw clip, +-25 deg) and pitch (pitch clip, +-15 deg) of the output vs the
+                driver, each measured from Face Mesh's 3-D rigid points relative to frame 0, cross-
+                identity, mean |difference| of the worst clip and pair
+  fold_share    the largest share of face pixels, on the yaw/pitch/lean clips, where the engine's
+                output-to-avatar map is mirrored over a patch (engines that expose `last_map`)
+Output also: DIR/quality_hard_sheet.png, the harder scripts at their extreme frames (driver | avatar |
+output per cross-identity pair).
 
 CLI: `python bench/quality.py --out DIR [--small] [--frames N]`.
 """
@@ -48,7 +59,8 @@ if __package__ in (None, ""):  # run as `python bench/quality.py`: make the repo
 
 from avatarify.datatypes import DrivingFrame, FaceLandmarks  # noqa: E402
 from avatarify.engines.base import Animator  # noqa: E402
-from bench.clips import (eye_open_ratio, face_rig, make_clip, mouth_open_ratio,  # noqa: E402
+from avatarify.motion import FACE_OVAL, eye_open_ratios  # noqa: E402
+from bench.clips import (HARD_SCRIPTS, eye_open_ratio, face_rig, make_clip, mouth_open_ratio,  # noqa: E402
                          track_landmarks)
 from bench.common import setup_cli_logging, write_json, write_png  # noqa: E402
 
@@ -98,6 +110,7 @@ class Run:
     outputs: list[np.ndarray]
     output_landmarks: list[FaceLandmarks | None] = field(default_factory=list)
     animate_ms: float = 0.0
+    fold_shares: list[float] = field(default_factory=list)  # per frame, see fold_share (NaN: no map)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -162,6 +175,119 @@ def far_from_face_mask(landmarks: FaceLandmarks, size: int, margin_share: float 
 
 
 # ---------------------------------------------------------------------------------------------------
+# Per-feature measures and the head's angles (issue 12), on Face Mesh landmarks
+# ---------------------------------------------------------------------------------------------------
+BROW_POINTS = ((105, 66), (334, 296))  # brow middles, image left and right
+LID_MIDDLES = (159, 386)
+
+
+def _face_axes(p: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The face's up direction (chin to forehead, unit), its height and width (px)."""
+    up = p[10] - p[152]
+    height = float(np.linalg.norm(up))
+    return up / max(height, 1e-6), height, float(np.linalg.norm(p[454] - p[234]))
+
+
+def brow_height(points: np.ndarray) -> float:
+    """Brow middles above the upper lids, along the face's up axis, in face heights (both sides)."""
+    p = np.asarray(getattr(points, "points", points), dtype=np.float64)
+    up, height, _ = _face_axes(p)
+    lifts = [float((p[list(brow)].mean(axis=0) - p[lid]) @ up) for brow, lid in zip(BROW_POINTS, LID_MIDDLES)]
+    return float(np.mean(lifts)) / max(height, 1e-6)
+
+
+def mouth_corner_lift(points: np.ndarray) -> float:
+    """Mouth corners (61/291) above the lips' centre (0/17 midpoint), along the face's up axis, in
+    face heights: a smile raises it."""
+    p = np.asarray(getattr(points, "points", points), dtype=np.float64)
+    up, height, _ = _face_axes(p)
+    return float((0.5 * (p[61] + p[291]) - 0.5 * (p[0] + p[17])) @ up) / max(height, 1e-6)
+
+
+def mouth_width(points: np.ndarray) -> float:
+    """Mouth corner to corner (61/291) over the face width (234/454): a purse narrows it."""
+    p = np.asarray(getattr(points, "points", points), dtype=np.float64)
+    return float(np.linalg.norm(p[291] - p[61])) / max(_face_axes(p)[2], 1e-6)
+
+
+def eye_ratio_left(points: np.ndarray) -> float:
+    return eye_open_ratios(np.asarray(getattr(points, "points", points)))[0]
+
+
+def eye_ratio_right(points: np.ndarray) -> float:
+    return eye_open_ratios(np.asarray(getattr(points, "points", points)))[1]
+
+
+# feature -> (script that moves it, measure, truth key that scripts it)
+FEATURES = {
+    "wink_left": ("wink", eye_ratio_left, None),
+    "wink_right": ("wink", eye_ratio_right, None),
+    "blink": ("blink", eye_open_ratio, "eye_open"),
+    "brows": ("brows", brow_height, "brow"),
+    "smile": ("smile", mouth_corner_lift, "smile"),
+    "purse": ("purse", mouth_width, "purse"),
+    "mouth": ("mouth", mouth_open_ratio, "mouth_open"),
+}
+
+
+def rotation_between(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares rotation (Kabsch, with scale and shift left free) taking (N, 3) src onto dst."""
+    x, y = src - src.mean(axis=0), dst - dst.mean(axis=0)
+    u, _, vt = np.linalg.svd(y.T @ x)
+    d = np.diag([1.0, 1.0, float(np.sign(np.linalg.det(u @ vt))) or 1.0])
+    return u @ d @ vt
+
+
+def yaw_pitch_deg(rotation: np.ndarray) -> tuple[float, float]:
+    """(yaw, pitch) of R = Rz(roll)·Ry(yaw)·Rx(pitch) in camera axes (bench/clips.py's convention:
+    yaw > 0 turns the nose toward image left, pitch > 0 tips it down)."""
+    yaw = math.degrees(math.asin(float(np.clip(-rotation[2, 0], -1.0, 1.0))))
+    pitch = math.degrees(math.atan2(rotation[2, 1], rotation[2, 2]))
+    return yaw, pitch
+
+
+def head_angles(landmarks: Sequence[FaceLandmarks | None]) -> np.ndarray:
+    """(frames, 2) yaw and pitch of each frame's head relative to frame 0, degrees, from Face Mesh's
+    3-D rigid points (x, y, z); NaN where no face was found."""
+    rigid = list(RIGID_POINTS)
+
+    def xyz(lm: FaceLandmarks) -> np.ndarray:
+        return np.column_stack([lm.points[rigid], lm.depth[rigid]]).astype(np.float64)
+
+    reference = xyz(landmarks[0])
+    return np.array([yaw_pitch_deg(rotation_between(reference, xyz(lm))) if lm is not None else (np.nan, np.nan)
+                     for lm in landmarks])
+
+
+def fold_share(backward: np.ndarray | None, face_mask: np.ndarray, jump_px: float = 3.0) -> float:
+    """Share of face pixels where the output-to-source map is folded: its Jacobian determinant is not
+    positive (the picture is mirrored there) over a patch at least 3x3 px. Left out: the map's jumps
+    and the one-pixel lines along them, where a near part hides a far one (right, not a fold)."""
+    if backward is None:
+        return 0.0
+    m = backward.astype(np.float64)
+    dx, dy = m[:-1, 1:] - m[:-1, :-1], m[1:, :-1] - m[:-1, :-1]
+    det = dx[..., 0] * dy[..., 1] - dx[..., 1] * dy[..., 0]
+    smooth = (np.linalg.norm(dx, axis=2) < jump_px) & (np.linalg.norm(dy, axis=2) < jump_px)
+    inside = face_mask[:-1, :-1] & smooth
+    mirrored = cv2.erode(((det <= 0.0) & inside).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    return float(mirrored[inside].mean()) if inside.any() else 0.0
+
+
+def _frame_fold_share(engine: Animator) -> float:
+    """fold_share of the engine's last frame inside its target face outline, for engines that expose
+    their backward map (`last_map`, its top-left pixel `last_map_origin`, `last_target`)."""
+    backward = getattr(engine, "last_map", None)
+    target = getattr(engine, "last_target", None)
+    if backward is None or target is None or getattr(engine, "last_map_origin", None) is None:
+        return float("nan") if not hasattr(engine, "last_map") else 0.0
+    face = np.zeros(backward.shape[:2], np.uint8)
+    outline = target.points[list(FACE_OVAL)] - np.asarray(engine.last_map_origin, np.float32)
+    cv2.fillPoly(face, [np.round(outline).astype(np.int32)], 1)
+    return fold_share(backward, face.astype(bool))
+
+
+# ---------------------------------------------------------------------------------------------------
 # The bench
 # ---------------------------------------------------------------------------------------------------
 class QualityBench:
@@ -173,6 +299,7 @@ class QualityBench:
         self._clips: dict[tuple[str, str], tuple[list[np.ndarray], dict, list[FaceLandmarks | None]]] = {}
         self._avatars: dict[str, tuple[np.ndarray, FaceLandmarks]] = {}
         self._runs: dict[tuple[str, str, str, bool], Run] = {}
+        self._static: dict[tuple[str, str], list[FaceLandmarks | None]] = {}
         self.details: dict[str, dict] = {}
 
     # -- inputs ------------------------------------------------------------------------------------
@@ -206,12 +333,16 @@ class QualityBench:
         driving = [DrivingFrame(frame, lm, index / self.fps, 1.0)
                    for index, (frame, lm) in enumerate(zip(frames, landmarks))]
         engine.set_neutral(driving[0])
-        start = time.perf_counter()
-        outputs = [engine.animate(d) for d in driving]
-        animate_ms = 1000.0 * (time.perf_counter() - start) / len(driving)
+        outputs, folds, busy_s = [], [], 0.0
+        for d in driving:
+            start = time.perf_counter()
+            outputs.append(engine.animate(d))
+            busy_s += time.perf_counter() - start
+            folds.append(_frame_fold_share(engine))
+        animate_ms = 1000.0 * busy_s / len(driving)
         label = f"{driver}/{script} -> {avatar}" + ("" if smoothing else " (filter off)")
         run = Run(label, truth, frames, landmarks, avatar_bgr, avatar_landmarks, outputs,
-                  track_landmarks(outputs, static=True), animate_ms)
+                  track_landmarks(outputs, static=True), animate_ms, folds)
         lost = sum(lm is None for lm in run.output_landmarks)
         if lost:
             log.warning("%s: no face found on %d of %d output frames", label, lost, len(outputs))
@@ -349,6 +480,74 @@ class QualityBench:
     def animate_ms(self) -> dict[str, float]:
         return {run.label: round(run.animate_ms, 2) for run in self._runs.values()}
 
+    # -- issue 12: features one at a time, 3-D head turns, folds -----------------------------------
+    def driver_static(self, run: Run) -> list[FaceLandmarks | None]:
+        """The driver's frames measured as the outputs are (static-mode Face Mesh): tracking mode,
+        which the engine is given, alternates between two readings on some clips (±0.01 in the eye
+        ratio every other frame), noise the instrument would add to the driver's side only."""
+        key = ("static", run.label)
+        if key not in self._static:
+            self._static[key] = track_landmarks(run.driver_frames, static=True)
+        return self._static[key]
+
+    def feature_corr(self) -> Measure:
+        """Per feature, Pearson r of driver vs output on the clip that moves it, both measured by
+        static-mode Face Mesh, cross-identity (worst pair); the headline is the worst feature."""
+        cases = {}
+        for feature, (script, measure, truth_key) in FEATURES.items():
+            pairs = {}
+            for driver, avatar in CROSS_PAIRS:
+                run = self.run(driver, script, avatar)
+                driven, shown = _finite_pair(series(self.driver_static(run), measure),
+                                             series(run.output_landmarks, measure))
+                pairs[run.label] = {"corr": pearson(driven, shown),
+                                    "gain": float(np.polyfit(driven, shown, 1)[0]),
+                                    "driver_range": [float(driven.min()), float(driven.max())]}
+            cases[feature] = {"corr": min(pair["corr"] for pair in pairs.values()), "pairs": pairs}
+        self.details["feature_corr"] = cases
+        return Measure(min(case["corr"] for case in cases.values()), 0.9, True,
+                       "Pearson r, driver vs output, each feature on its own clip (winks per eye, blink, "
+                       "brows, smile, purse, mouth), cross-identity, worst feature and pair")
+
+    def head_angle_err_deg(self) -> Measure:
+        """Yaw (on the yaw clip) and pitch (on the pitch clip) of the output vs the driver, both
+        measured the same way (static Face Mesh, 3-D rigid points, relative to frame 0)."""
+        cases, worst = {}, 0.0
+        for script, axis in (("yaw", 0), ("pitch", 1)):
+            for driver, avatar in CROSS_PAIRS:
+                run = self.run(driver, script, avatar)
+                truth = np.array([frame[f"{script}_deg"] for frame in run.truth["per_frame"]])
+                driven = head_angles(self.driver_static(run))[:, axis]
+                shown = head_angles(run.output_landmarks)[:, axis]
+                ok = np.isfinite(driven) & np.isfinite(shown)
+                error = float(np.abs(shown[ok] - driven[ok]).mean())
+                cases[run.label] = {"mean_err_deg": error, "max_err_deg": float(np.abs(shown[ok] - driven[ok]).max()),
+                                    "driver_vs_script_deg": float(np.abs(driven[ok] - truth[ok]).mean()),
+                                    "output_vs_script_deg": float(np.abs(shown[ok] - truth[ok]).mean()),
+                                    "driver_range_deg": [float(driven[ok].min()), float(driven[ok].max())],
+                                    "output_range_deg": [float(shown[ok].min()), float(shown[ok].max())]}
+                worst = max(worst, error)
+        self.details["head_angle_err_deg"] = cases
+        return Measure(worst, 3.0, False, "mean |output - driver| yaw (yaw clip) and pitch (pitch clip), degrees, "
+                                          "cross-identity, worst clip and pair")
+
+    def fold_share_max(self) -> Measure:
+        """Folds in the face region on the clips that turn and lean the head (engines that expose
+        their backward map; NaN otherwise)."""
+        cases = {}
+        for script in ("yaw", "pitch", "lean"):
+            for driver, avatar in CROSS_PAIRS:
+                run = self.run(driver, script, avatar)
+                cases[run.label] = float(np.nanmax(run.fold_shares)) if np.isfinite(run.fold_shares).any() else float("nan")
+        self.details["fold_share"] = cases
+        return Measure(max(cases.values()), 0.001, False,
+                       "largest share of face pixels where the output-to-avatar map is folded (mirrored), "
+                       "yaw/pitch/lean clips, any frame")
+
+    def measure_hard(self) -> dict[str, Measure]:
+        return {"feature_corr": self.feature_corr(), "head_angle_err_deg": self.head_angle_err_deg(),
+                "fold_share": self.fold_share_max()}
+
 
 # ---------------------------------------------------------------------------------------------------
 # Contact sheet
@@ -377,6 +576,40 @@ def contact_sheet(runs: Sequence[Run], columns: int = 6, cell: int = 192, label_
     return np.vstack(blocks)
 
 
+def _extreme_frame(truth: dict, script: str) -> int:
+    """The frame where a hard script is furthest from the neutral (by its own truth)."""
+    frames = truth["per_frame"]
+    value = {"yaw": lambda f: abs(f["yaw_deg"]), "pitch": lambda f: abs(f["pitch_deg"]),
+             "lean": lambda f: f["scale"], "wink": lambda f: 1.0 - min(f["eye_open_lr"]),
+             "brows": lambda f: f["brow"], "smile": lambda f: f["smile"], "purse": lambda f: f["purse"]}[script]
+    return int(np.argmax([value(f) for f in frames]))
+
+
+def hardest_frames_sheet(bench: QualityBench, cell: int = 160) -> np.ndarray:
+    """Per hard script and cross-identity pair, at the script's extreme frame (and, for the turns,
+    the opposite extreme): driver | avatar | output, labelled."""
+    rows = []
+    for script in HARD_SCRIPTS:
+        for driver, avatar in CROSS_PAIRS:
+            run = bench.run(driver, script, avatar)
+            picks = [_extreme_frame(run.truth, script)]
+            if script in ("yaw", "pitch"):
+                angle = [f[f"{script}_deg"] for f in run.truth["per_frame"]]
+                picks = [int(np.argmax(angle)), int(np.argmin(angle))]
+            cells = []
+            for index in picks:
+                for role, image in (("driver", run.driver_frames[index]), ("avatar", run.avatar_bgr),
+                                    ("output", run.outputs[index])):
+                    tile = cv2.resize(image, (cell, cell), interpolation=cv2.INTER_AREA)
+                    for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+                        cv2.putText(tile, f"{script} #{index} {role}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                                    colour, thickness, cv2.LINE_AA)
+                    cells.append(tile)
+            rows.append(np.hstack(cells))
+    width = max(row.shape[1] for row in rows)
+    return np.vstack([np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Engine and CLI
 # ---------------------------------------------------------------------------------------------------
@@ -396,6 +629,7 @@ def run_bench(out_dir: Path, engine_factory: EngineFactory = mesh_engine, frames
     start = time.perf_counter()
     bench = QualityBench(engine_factory, size, frames, fps)
     measures = bench.measure_all()
+    measures.update(bench.measure_hard())
     sheet_runs = [bench.run("grace_hopper", "mixed", "astronaut"), bench.run("astronaut", "mixed", "grace_hopper"),
                   bench.run("astronaut", "mixed", "astronaut")]
     engine = engine_factory(size, True)
@@ -414,6 +648,7 @@ def run_bench(out_dir: Path, engine_factory: EngineFactory = mesh_engine, frames
     result["bench_s"] = round(time.perf_counter() - start, 1)
     write_json(out_dir / "quality.json", result)
     write_png(out_dir / "quality_sheet.png", contact_sheet(sheet_runs))
+    write_png(out_dir / "quality_hard_sheet.png", hardest_frames_sheet(bench))
     return result
 
 

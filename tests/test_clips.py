@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from avatarify.motion import eye_open_ratios
 from bench.clips import (PHOTOS, SCRIPTS, eye_open_ratio, face_rig, head_matrix, make_clip, mouth_open_ratio,
                          read_clip, script_motion, track_landmarks, truth_series, write_clip)
 
@@ -145,17 +146,20 @@ def test_head_motion_moves_the_head_and_leaves_the_room_still(photo):
 
 
 @pytest.mark.parametrize("photo", PHOTOS)
-def test_the_blend_between_head_and_room_never_folds(photo):
-    """The largest scripted head motions keep the frame's map one-to-one (Jacobian > 0)."""
+def test_the_head_moves_as_one_layer_over_the_still_room(photo):
+    """Where the moved head's matte is full, the frame is the photo moved by the similarity; where
+    it is empty, the still room (the photo with the head inpainted)."""
     rig = face_rig(photo, 256)
-    for script in ("roll", "shift", "scale"):
-        motion = script_motion(script, 24)
-        for i in (6, 18):  # the extremes of the sine
-            source = rig.head_map(head_matrix(motion.roll_deg[i], motion.shift_xy[i], motion.scale[i],
-                                              rig.centre_xy)).astype(np.float64)
-            dx_dx, dx_dy = np.gradient(source[..., 0], axis=1), np.gradient(source[..., 0], axis=0)
-            dy_dx, dy_dy = np.gradient(source[..., 1], axis=1), np.gradient(source[..., 1], axis=0)
-            assert (dx_dx * dy_dy - dx_dy * dy_dx).min() > 0.2
+    motion = script_motion("shift", 24)
+    head = head_matrix(motion.roll_deg[6], motion.shift_xy[6], motion.scale[6], rig.centre_xy)
+    frame = rig.render_frame(0.0, 1.0, (0.0, 0.0), head).astype(np.float32)
+    source = rig.head_map(head)
+    moved = cv2.remap(rig.canvas_bgr, source[..., 0], source[..., 1], cv2.INTER_LINEAR).astype(np.float32)
+    alpha = cv2.remap(rig.head_weight, source[..., 0], source[..., 1], cv2.INTER_LINEAR)
+    room = rig.room_bgr[rig.pad:rig.pad + 256, rig.pad:rig.pad + 256].astype(np.float32)
+    assert (alpha > 0.999).mean() > 0.2 and (alpha < 0.001).mean() > 0.1
+    assert np.abs(frame - moved)[alpha > 0.999].max() <= 1.0
+    assert np.abs(frame - room)[alpha < 0.001].max() <= 1.0
 
 
 @pytest.mark.parametrize("photo", PHOTOS)
@@ -168,3 +172,64 @@ def test_an_opening_jaw_slides_over_a_still_neck_and_collar(photo):
         np.testing.assert_array_equal(frame[below_jaw:], frames[0][below_jaw:])
     widest = int(np.argmax(truth_series(truth, "mouth_open")))
     assert np.abs(frames[widest].astype(int) - frames[0]).mean() > 2.0  # while the jaw did drop
+
+
+# ---------------------------------------------------------------------------------------------------
+# The harder scripts (issue 12)
+
+def test_a_3d_turn_is_what_face_mesh_sees():
+    """The yaw and pitch scripts turn the head as scripted: Face Mesh's own 3-D reading of each
+    frame follows the script (static mode, relative to frame 0)."""
+    from bench.quality import head_angles
+
+    for script, axis, amplitude in (("yaw", 0, 25.0), ("pitch", 1, 15.0)):
+        frames, truth = make_clip("grace_hopper", script, frames=8)
+        measured = head_angles(track_landmarks(frames, static=True))[:, axis]
+        scripted = truth_series(truth, f"{script}_deg")
+        assert np.abs(scripted).max() == pytest.approx(amplitude * np.sin(np.pi / 2), abs=0.5)
+        assert np.corrcoef(measured, scripted)[0, 1] > 0.97
+        assert np.abs(measured - scripted).mean() < 5.0
+
+
+def test_a_3d_turn_hides_the_far_side_and_keeps_the_room():
+    """At 25 degrees of yaw the near half of the face widens and the far half narrows (the depth
+    buffer hides what turns away); the room far from the head does not move."""
+    frames, truth = make_clip("astronaut", "yaw", frames=8)
+    turn = int(np.argmax(truth_series(truth, "yaw_deg")))  # nose toward image left
+    first, turned = (lm.points for lm in track_landmarks([frames[0], frames[turn]], static=True))
+    nose = 1
+
+    def halves(points):
+        return points[nose, 0] - points[234, 0], points[454, 0] - points[nose, 0]
+
+    left0, right0 = halves(first)
+    left, right = halves(turned)
+    assert left < 0.85 * left0 and right > 1.05 * right0
+    rig = face_rig("astronaut", 256)
+    room = rig.head_weight[rig.pad:rig.pad + 256, rig.pad:rig.pad + 256] == 0
+    room = cv2.erode(room.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+    assert room.mean() > 0.1
+    np.testing.assert_array_equal(frames[turn][room], frames[0][room])
+
+
+def test_winks_close_one_eye_at_a_time():
+    frames, truth = make_clip("grace_hopper", "wink", frames=24)
+    eyes = np.array([eye_open_ratios(lm.points) for lm in track_landmarks(frames, static=True)])
+    scripted = np.array([frame["eye_open_lr"] for frame in truth["per_frame"]])
+    for eye in (0, 1):
+        shut = int(np.argmin(scripted[:, eye]))
+        assert eyes[shut, eye] < 0.7 * eyes[0, eye]  # this eye closes ...
+        assert eyes[shut, 1 - eye] > 0.9 * eyes[0, 1 - eye]  # ... the other stays open
+
+
+@pytest.mark.parametrize("script, key, measure, sign", [("brows", "brow", "brow_height", 1),
+                                                        ("smile", "smile", "mouth_corner_lift", 1),
+                                                        ("purse", "purse", "mouth_width", -1)])
+def test_brows_smiles_and_purses_move_their_feature(script, key, measure, sign):
+    from bench import quality
+
+    frames, truth = make_clip("astronaut", script, frames=12)
+    extreme = int(np.argmax(truth_series(truth, key)))
+    first, most = track_landmarks([frames[0], frames[extreme]], static=True)
+    change = getattr(quality, measure)(most.points) - getattr(quality, measure)(first.points)
+    assert sign * change > 0.01

@@ -1,11 +1,13 @@
-"""Motion transfer: head fit, expression residual, adapt-scale, region/strength, smoothing."""
+"""Motion transfer: head fit (2-D and 3-D), expression residual, adapt-scale, region/strength, smoothing,
+and each feature's direction."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from avatarify.motion import (EYES, FACE_SIDES, NUM_LANDMARKS, STABLE_POINTS, MotionSettings,
-                              MotionTransfer, Similarity, as_complex, as_points, fit_similarity, garrote)
+from avatarify.motion import (EAR_LEVEL_POINTS, EYES, FACE_SIDES, NUM_LANDMARKS, STABLE_POINTS, MotionSettings,
+                              MotionTransfer, Pose3D, Similarity, angles_from_rotation, as_complex, as_points,
+                              fit_similarity, garrote, head_pivot, rotation_from_angles)
 from avatarify.tracking import OneEuroFilter
 
 
@@ -192,3 +194,167 @@ def test_tracker_wobble_on_a_still_face_gives_the_avatar_exactly():
     still = transfer(avatar, neutral, deadbands=True).target(driving, 0.0)
     drop = np.linalg.norm(still.expression[lips], axis=1) / motion.driving_to_avatar.scale
     np.testing.assert_allclose(drop, 4.0 - t * t / 4.0, atol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The 3-D head (issue 12)
+
+def synthetic_face_3d(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """478 points on the front of an ellipsoid head (x, y px; depth z px, smaller = nearer): the face
+    spans 90 px across, the nose side bulges 45 px toward the camera, the ear-level outline lies in
+    the plane of the head's centre."""
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(-0.95, 0.95, NUM_LANDMARKS)
+    v = rng.uniform(-0.95, 0.95, NUM_LANDMARKS)
+    inside = u * u + v * v
+    u, v = u / np.sqrt(np.maximum(inside, 1.0)), v / np.sqrt(np.maximum(inside, 1.0))
+    z = -45.0 * np.sqrt(np.clip(1.0 - u * u - v * v, 0.0, 1.0))
+    points = np.stack([128 + 45 * u, 128 + 60 * v], axis=1).astype(np.float32)
+    for index in EAR_LEVEL_POINTS:  # the outline at ear level, in the centre plane
+        points[index] = (128 + (45 if points[index, 0] > 128 else -45), 128)
+        z[index] = 0.0
+    return points, z.astype(np.float32)
+
+
+def turned(points: np.ndarray, depth: np.ndarray, yaw: float, pitch: float, roll: float,
+           scale: float = 1.0, shift=(0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    pose = Pose3D(rotation_from_angles(yaw, pitch, roll), scale, head_pivot(points, depth),
+                  np.array([shift[0], shift[1], 0.0]))
+    moved = pose(np.column_stack([points, depth]))
+    return moved[:, :2].astype(np.float32), moved[:, 2].astype(np.float32)
+
+
+@pytest.mark.parametrize("yaw, pitch, roll", [(25, 0, 0), (-25, 0, 0), (0, 15, 0), (0, -15, 0),
+                                              (18, -10, 6), (-12, 12, -8)])
+def test_head_pose_recovers_known_rotations_of_a_3d_face(yaw, pitch, roll):
+    """Known rotations (and a lean and shift) of a synthetic 3-D face, with 0.3 px landmark noise,
+    come back within 2 degrees about every axis."""
+    points, depth = synthetic_face_3d(11)
+    motion = MotionTransfer(MotionSettings(smoothing=False, deadband=0.0, head_deadband=0.0))
+    motion.set_avatar(points, depth)
+    motion.set_neutral(points, depth)
+    moved, moved_depth = turned(points, depth, yaw, pitch, roll, 1.3, (7.0, -4.0))
+    rng = np.random.default_rng(2)
+    noisy = moved + rng.normal(0.0, 0.3, moved.shape).astype(np.float32)
+    pose = motion.head_pose(np.column_stack([noisy, moved_depth + rng.normal(0.0, 0.3, len(moved_depth))]))
+    np.testing.assert_allclose(pose.angles_deg, (yaw, pitch, roll), atol=2.0)
+    assert pose.scale == pytest.approx(1.3, abs=0.02)
+
+
+def test_a_3d_head_turn_moves_the_avatar_as_the_driver_turned():
+    """The driver turns 20 degrees (yaw) and nods 10: the avatar (another size, shifted) turns the
+    same, about its own head; its landmarks are its own 3-D points turned, nothing left over as
+    expression."""
+    points, depth = synthetic_face_3d(12)
+    avatar = moved(points, about(128 + 128j, 0, 1.6, 30 - 20j))
+    motion = MotionTransfer(MotionSettings(smoothing=False, deadband=0.0, head_deadband=0.0))
+    motion.set_avatar(avatar, depth * 1.6)
+    motion.set_neutral(points, depth)
+    driving, driving_depth = turned(points, depth, 20, 10, 0)
+    target = motion.target(driving, 0.0, driving_depth=driving_depth)
+    np.testing.assert_allclose(target.pose.angles_deg, (20, 10, 0), atol=0.1)
+    expected, _ = turned(avatar, depth * 1.6, 20, 10, 0)
+    np.testing.assert_allclose(target.points, expected, atol=0.05)
+    np.testing.assert_allclose(target.expression, 0.0, atol=0.05)
+    assert motion.in_3d
+
+
+def test_pose_algebra():
+    pose = Pose3D(rotation_from_angles(20, -10, 5), 1.2, np.array([10.0, 20.0, 30.0]), np.array([3.0, -2.0, 1.0]))
+    p = np.random.default_rng(3).normal(0, 50, (30, 3))
+    np.testing.assert_allclose(pose.inverse()(pose(p)), p, atol=1e-9)
+    np.testing.assert_allclose(pose.scaled(0.0)(p), p, atol=1e-9)
+    np.testing.assert_allclose(pose.scaled(1.0)(p), pose(p), atol=1e-12)
+    half = pose.scaled(0.5)
+    np.testing.assert_allclose(half(half(p)), pose(p), atol=0.5)  # about the same pivot: near enough
+    assert angles_from_rotation(rotation_from_angles(25, 15, -5)) == pytest.approx((25, 15, -5))
+
+
+# Feature directions: each expression of the driver moves the avatar's same feature the same way.
+LEFT_BROW, RIGHT_BROW = (70, 63, 105, 66, 107), (336, 296, 334, 293, 300)
+
+
+def _feature_target(change) -> tuple[np.ndarray, np.ndarray]:
+    """The avatar's landmarks before and after a driver expression (`change` edits driver points)."""
+    points, depth = synthetic_face_3d(13)
+    for eye in EYES:  # give the synthetic eyes a real opening: lids 10 px apart
+        upper, lower = list(eye.upper_lid[1:-1]), list(eye.lower_lid[1:-1])
+        points[lower] = points[upper] + (0.0, 10.0)
+    avatar = moved(points, about(128 + 128j, 0, 1.5, 0j))
+    motion = MotionTransfer(MotionSettings(smoothing=False))
+    motion.set_avatar(avatar, depth * 1.5)
+    motion.set_neutral(points, depth)
+    driving = points.copy()
+    change(driving)
+    return avatar, motion.target(driving, 0.0, driving_depth=depth).points
+
+
+def _eye_gaps(points: np.ndarray) -> list[float]:
+    return [float(np.mean(points[list(e.lower_lid[1:-1]), 1] - points[list(e.upper_lid[1:-1]), 1])) for e in EYES]
+
+
+def test_a_wink_shuts_only_that_eye():
+    def wink(p):
+        upper, lower = list(EYES[0].upper_lid[1:-1]), list(EYES[0].lower_lid[1:-1])
+        p[upper] = p[lower] - (0.0, 1.5)
+    before, after = _feature_target(wink)
+    gaps_before, gaps_after = _eye_gaps(before), _eye_gaps(after)
+    assert gaps_after[0] < 0.05 * gaps_before[0]
+    assert gaps_after[1] == pytest.approx(gaps_before[1], abs=0.05)
+
+
+def test_a_squint_raises_the_lower_lid_and_narrows_the_eye():
+    def squint(p):
+        p[list(EYES[1].lower_lid[1:-1]), 1] -= 4.0
+    before, after = _feature_target(squint)
+    lower = list(EYES[1].lower_lid[1:-1])
+    assert (after[lower, 1] - before[lower, 1]).mean() < -4.0  # up, times the adapt-scale 1.5
+    assert _eye_gaps(after)[1] < 0.7 * _eye_gaps(before)[1]
+    assert _eye_gaps(after)[0] == pytest.approx(_eye_gaps(before)[0], abs=0.05)
+
+
+@pytest.mark.parametrize("direction", [-1.0, 1.0])
+def test_brows_raise_and_frown(direction):
+    """Driver brows up 5 px (raise) or down and in (frown): the avatar's brows go the same way,
+    7.5 px (adapt-scale 1.5); the eyes stay."""
+    def brows(p):
+        p[list(LEFT_BROW + RIGHT_BROW), 1] += 5.0 * direction
+        if direction > 0:  # a frown also pulls the brows together
+            p[list(LEFT_BROW), 0] += 2.0
+            p[list(RIGHT_BROW), 0] -= 2.0
+    before, after = _feature_target(brows)
+    lift = (after[list(LEFT_BROW + RIGHT_BROW), 1] - before[list(LEFT_BROW + RIGHT_BROW), 1]).mean()
+    assert lift == pytest.approx(7.5 * direction, abs=0.5)
+    if direction > 0:
+        assert (after[list(LEFT_BROW), 0] - before[list(LEFT_BROW), 0]).mean() > 2.0
+        assert (after[list(RIGHT_BROW), 0] - before[list(RIGHT_BROW), 0]).mean() < -2.0
+    np.testing.assert_allclose(_eye_gaps(after), _eye_gaps(before), atol=0.05)
+
+
+@pytest.mark.parametrize("shape", ["smile", "purse", "asymmetric", "jaw"])
+def test_lip_shapes_and_jaw(shape):
+    corners = (61, 291)
+
+    def lips(p):
+        if shape == "smile":
+            p[61] += (-3.0, -3.0)
+            p[291] += (3.0, -3.0)
+        if shape == "purse":
+            p[61, 0] += 4.0
+            p[291, 0] -= 4.0
+        if shape == "asymmetric":
+            p[291] += (2.0, -4.0)
+        if shape == "jaw":
+            p[152, 1] += 6.0
+    before, after = _feature_target(lips)
+    move = after - before
+    if shape == "smile":
+        assert move[61, 0] < -3.5 and move[291, 0] > 3.5 and move[61, 1] < -3.5 and move[291, 1] < -3.5
+    if shape == "purse":
+        assert move[61, 0] > 4.5 and move[291, 0] < -4.5
+    if shape == "asymmetric":
+        assert move[291, 1] < -4.5 and abs(move[61]).max() < 0.01
+    if shape == "jaw":
+        assert move[152, 1] == pytest.approx(9.0, abs=0.2)
+    others = [i for i in range(NUM_LANDMARKS) if i not in corners + (152,)]
+    assert np.abs(move[others]).max() < 0.01  # nothing else moves

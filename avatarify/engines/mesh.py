@@ -1,27 +1,36 @@
-"""The embedded engine: a piecewise-affine warp of the avatar photo along its face mesh (no weights).
+"""The embedded engine: the avatar photo's face mesh moved in 3-D and drawn back to front (no weights).
 
 Input per avatar: the avatar picture at the resolution the call shows it (the framed photo, e.g.
-1280x720, or a square face crop) and its 478 landmarks. Per calibration: the driving neutral frame.
-Per frame: a `DrivingFrame`. Output: the animated avatar, BGR uint8, the picture's size. Only the
-region around the head is warped, so the cost follows the face's size, not the picture's.
+1280x720, or a square face crop) and its 478 landmarks with Face Mesh's depth. Per calibration: the
+driving neutral frame. Per frame: a `DrivingFrame`. Output: the animated avatar, BGR uint8, the
+picture's size. Only the region around the head (ROI) is warped, so the cost follows the face's
+size, not the picture's.
 
 Per avatar (`set_avatar`), everything that does not depend on the driver is precomputed:
-  - the mesh: Delaunay over the 468 face points, a ring around the head (the face oval pushed
-    out and stretched up over the skull; it moves with the head, so hair, ears and a hat follow
-    it), a still ring a fade length outside it, and points on the border of the face region (ROI):
-    fixed inside the image, sliding with the head where the crop cuts the head off. Outside the ROI
-    the output is the avatar itself: the background stays put and costs nothing;
-  - the barycentric weights of every point of a reduced-resolution grid over the ROI (source side),
-    as a sparse matrix: per frame, the forward displacement field is one sparse product;
-  - the mouth cavity colours (from the avatar's lips), the eye regions with the irises painted out
-    and the iris patches (for gaze and blinks).
+  - the mesh: Delaunay over about half of the 468 face points (every feature contour, evenly spaced
+    points between: `warp_points`), a ring around the head (the face oval pushed out and stretched
+    up over the skull, then grown over the hair the person mask shows; it moves with the head's
+    outline), a still ring a fade length outside it, and points on the ROI's border (fixed inside
+    the picture, sliding along its edge where the picture cuts the head). Face vertices carry Face
+    Mesh's depth; the ring lies in the plane of the head's outline;
+  - the head as a layer over the room: a matte (MediaPipe's person mask inside the head outline,
+    fading into the still neck below the chin) and a room plate (the photo with the head
+    inpainted at low resolution), so a moving head uncovers room instead of stretching the wall,
+    the hair or the shirt beside it;
+  - the mouth's colours, and per eye the iris patch (completed where the lids hid it) and the
+    eyeball without it, carried on under the lids.
 
-Per frame (`animate`): motion.py gives the target landmarks; the mesh's vertex displacements give
-the forward field d on the source grid; the backward map x(q) with x + d(x) = q is found by a few
-fixed-point steps x ← q − d(x) (cv2.remap samples d), on the reduced grid, then upsampled with
-cv2.resize and applied by one cv2.remap. Then, only where needed: a shaded mouth cavity where the
-driver opens the mouth wider than the avatar's, and per eye the iris moved (gaze) and clipped by
-the lids (blinks: the lids close over it, no squashed iris).
+Per frame (`animate`): motion.py gives the target landmarks, their depth and the head's 3-D pose.
+The moved mesh is drawn on a reduced grid over the ROI (one sample per few pixels) back to front:
+the room, the outline's band, then the face's triangles from far to near; a triangle whose
+orientation flipped shows its back and is not drawn, so a turned head hides its far side instead of
+folding it. Each grid sample takes its triangle's affine map (target → source); the map is
+upsampled and applied by one cv2.remap, and the warped head is blended over the room plate by its
+moved matte, only within the box of pixels that can change. Then, where needed: per eye the eyeball
+and iris re-painted under the moved lids (blinks, winks, gaze), and the mouth interior where the
+driver opens wider than the avatar: the driver's own teeth and tongue from the driving frame (inside
+their inner lips, eroded, so their lips never show), colour-matched, over a shaded cavity, faded in
+with the opening.
 """
 from __future__ import annotations
 
@@ -30,12 +39,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import scipy.sparse
 from scipy.spatial import Delaunay
 
 from avatarify.datatypes import DrivingFrame, FaceLandmarks
 from avatarify.engines.base import REGIONS, Animator, AnimatorError
-from avatarify.motion import (EYES, FACE_OVAL, INNER_LIPS, MOUTH_CORNERS, MOUTH_INNER_BOTTOM,
+from avatarify.motion import (CHIN, EYES, FACE_OVAL, FOREHEAD, INNER_LIPS, LASH_RINGS, STABLE_POINTS, MOUTH_CORNERS, MOUTH_INNER_BOTTOM,
                               MOUTH_INNER_TOP, NUM_LANDMARKS, NUM_MESH_POINTS, OUTER_LIPS, EyeIndices,
                               MotionSettings, MotionTarget, MotionTransfer, Similarity, as_complex,
                               as_points, head_outline, mouth_open_ratio)
@@ -47,20 +55,39 @@ log = logging.getLogger(__name__)
 # 15 degree roll moves the ring's sides ~0.2 face sizes, 0.3 leaves room up to ~20 degrees.
 ROI_MARGIN = 0.3
 RING_SQUEEZE = 0.4  # the skin between face outline and ring may shrink to this share of its width
-FIXED_POINT_STEPS = 3  # backward-map iterations; error shrinks ~5x per step on face motion
+# A moved triangle whose doubled signed area (px²) falls below this, or flips sign, shows its back:
+# it is not drawn (the far cheek of a turned head, a lid closed over the eye).
+FLIP_AREA_PX2 = 1e-3
+WARP_SPACING = 0.05  # face widths between the warp mesh's points away from the features (see warp_points)
 # The backward map is computed on a grid of one sample per this many pixels of face size (sqrt of
 # the face box area), at least every 2nd pixel: ~70 samples across a face lands landmarks within
 # 0.4 px at any resolution (a 256 crop gets a 2 px step, a 720p call frame 3, 1080p 4).
 FACE_SIZE_PER_STEP = 90.0
 MIN_AVATAR_SIDE = 32
+# The head layer: hair within HAIR_REACH face sizes beyond the head outline moves with it as one
+# piece (the outline grows over it, plus HAIR_MARGIN of the reach); below the chin the head fades
+# into the still neck and torso between NECK_FADE[0] and NECK_FADE[1] face heights; the person
+# mask's edge is feathered by HAIR_FEATHER face sizes (Gaussian sigma).
+HAIR_REACH = 0.35
+HAIR_MARGIN = 0.3
+NECK_FADE = (0.03, 0.25)
+HAIR_FEATHER = 0.006
+HAIR_EDGE = 0.015  # the head layer fades out over this share of the face size inside the outline
+NECK_JAW = (58, 288)  # the jaw at mouth level, image left and right: the neck hangs below them
+PLATE_SIDE = 128  # the room behind the head is inpainted at about this resolution (it is smooth)
 CAVITY_START = 0.02  # mouth-open ratio above the avatar's own at which the cavity starts to show
 CAVITY_FULL = 0.08  # ... and at which it is fully shown
+# The driver's mouth interior is used inside their inner lips eroded by this share of their lip gap
+# (their lips never show), colour-matched by a per-channel gain within this range.
+MOUTH_INSET = 0.12
+MOUTH_GAIN_RANGE = (0.6, 1.6)
 
 # Cavity colours, BGR: dark red-brown at the lips fading to near-black at the back of the mouth.
 CAVITY_EDGE_BGR = np.array([38, 36, 92], np.float32)
 CAVITY_BACK_BGR = np.array([14, 12, 28], np.float32)
 TEETH_BGR = np.array([170, 188, 200], np.float32)
 IRIS_REACH = (0.22, 0.10)  # how far the iris may move, in eye widths (along, across the eye)
+EYE_REPAINT_FROM = 0.05  # the re-painted eye's blend below which the warped eye is kept
 
 
 @dataclass
@@ -108,12 +135,15 @@ class _EyeRig:
     iris_patch_bgr: np.ndarray  # float32 square patch centred on the iris
     iris_alpha: np.ndarray  # float32 soft disk, same size
     width: float  # corner to corner, avatar px
+    ball_bgr: np.ndarray  # float32: the eyeball without its iris, the sclera carried on under the lids
+    ball_origin: tuple[int, int]  # avatar px (x, y) of ball_bgr's top-left pixel
 
 
 @dataclass
 class _MouthRig:
     open_ratio: float  # the avatar's own inner-lip gap over mouth width
     edge_bgr: np.ndarray  # cavity colour next to the lips (tinted by the avatar's lips)
+    lip_bgr: np.ndarray  # the avatar's median lip colour
 
 
 def _polygon_mask(points: np.ndarray, origin: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
@@ -134,6 +164,54 @@ def _box_around(points: np.ndarray, pad: float, limit: tuple[int, int, int, int]
     return x0, y0, x1, y1
 
 
+def warp_points(mesh: np.ndarray) -> np.ndarray:
+    """The Face Mesh points (indices) the warp's mesh is built on: every point of the features'
+    contours (lips, eyes and the rings around them, brows, nose, face outline) and the head-pose
+    points, plus enough of the rest (cheeks, forehead, chin) to keep WARP_SPACING face widths
+    between them. Expressions there are smooth, and each triangle costs a draw per frame: about
+    half the 468 points carry the warp at half the cost."""
+    from mediapipe.python.solutions import face_mesh_connections as contours
+
+    keep = {i for name in ("FACEMESH_LIPS", "FACEMESH_LEFT_EYE", "FACEMESH_RIGHT_EYE", "FACEMESH_LEFT_EYEBROW",
+                           "FACEMESH_RIGHT_EYEBROW", "FACEMESH_FACE_OVAL", "FACEMESH_NOSE")
+            for edge in getattr(contours, name) for i in edge}
+    keep |= set(STABLE_POINTS) | {i for ring in LASH_RINGS for i in ring}
+    points = np.asarray(mesh, dtype=np.float64)[:NUM_MESH_POINTS]
+    spacing = WARP_SPACING * float(np.ptp(points[:, 0]))
+    kept = sorted(keep)
+    for i in range(NUM_MESH_POINTS):
+        if i not in keep and np.linalg.norm(points[kept] - points[i], axis=1).min() >= spacing:
+            kept.append(i)
+    return np.array(sorted(kept))
+
+
+def _union(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The box (x0, y0, x1, y1) around two boxes (a may be None)."""
+    if a is None:
+        return tuple(int(v) for v in b)
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def _person_mask(image_bgr: np.ndarray) -> np.ndarray | None:
+    """float32 [0, 1] person mask of the picture (MediaPipe selfie segmentation, general model), or
+    None where MediaPipe cannot run it."""
+    try:
+        import mediapipe as mp
+
+        with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as segmenter:
+            result = segmenter.process(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+    except Exception as exc:  # noqa: BLE001 - any failure leaves the head unlayered, not the app down
+        log.warning("no person mask for the avatar (%s); the room beside the head will stretch with it", exc)
+        return None
+    mask = result.segmentation_mask
+    return None if mask is None else np.asarray(mask, dtype=np.float32)
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
 class MeshAnimator(Animator):
     """Piecewise-affine face-mesh warp with mouth cavity, blinks and gaze (see module docstring)."""
 
@@ -146,8 +224,10 @@ class MeshAnimator(Animator):
         self._image_size = (0, 0)  # (width, height) of the avatar picture
         self._avatar_bgr: np.ndarray | None = None
         self._last_output: np.ndarray | None = None
-        self.last_map: np.ndarray | None = None  # (h, w, 2) backward map over the ROI (tests, HUD)
+        self._last_relative: np.ndarray | None = None  # the last frame's relative map (see last_map)
+        self.last_map_origin: np.ndarray | None = None  # avatar px (x, y) of last_map's first pixel
         self.last_target: MotionTarget | None = None
+        self._mouth_gain = np.ones(3, np.float32)  # driver -> avatar colour gain of the mouth interior
 
     # ------------------------------------------------------------------------------------------
     # Per avatar
@@ -159,14 +239,19 @@ class MeshAnimator(Animator):
         if points.shape != (NUM_LANDMARKS, 2):
             raise AnimatorError(f"The mesh engine needs MediaPipe's {NUM_LANDMARKS} face landmarks, "
                                 f"got {len(points)}.")
+        depth = None if landmarks.depth is None else np.asarray(landmarks.depth, dtype=np.float32)
+        if depth is None:
+            log.info("the avatar's landmarks have no depth: head turns are applied in the image plane")
         self._avatar_bgr = avatar_bgr
         self._avatar_points = points
-        self.motion.set_avatar(points)
-        self._build_mesh(points)
+        self.motion.set_avatar(points, depth)
+        person = _person_mask(avatar_bgr)
+        self._build_mesh(points, depth, person)
+        self._build_layers(avatar_bgr, points, person)
         self._build_mouth(avatar_bgr, points)
         self._build_eyes(avatar_bgr, points)
         self._last_output = None
-        self.last_map = None
+        self._last_relative = None
 
     def _checked_avatar(self, avatar_bgr: np.ndarray) -> np.ndarray:
         if avatar_bgr is None or avatar_bgr.ndim != 3 or avatar_bgr.shape[2] != 3:
@@ -177,10 +262,14 @@ class MeshAnimator(Animator):
         self._image_size = (avatar_bgr.shape[1], avatar_bgr.shape[0])
         return np.ascontiguousarray(avatar_bgr, dtype=np.uint8)
 
-    def _build_mesh(self, points: np.ndarray) -> None:
+    def _build_mesh(self, points: np.ndarray, depth: np.ndarray | None, person: np.ndarray | None) -> None:
         mesh = points[:NUM_MESH_POINTS].astype(np.float64)
-        ring = head_outline(mesh)
         face_size = float(np.sqrt(np.prod(mesh.max(axis=0) - mesh.min(axis=0))))
+        self._face_size = face_size
+        ring = head_outline(mesh)
+        if person is not None:
+            ring = self._ring_over_hair(ring, person > 0.5, self._neck_depth(points, person.shape) < NECK_FADE[0],
+                                        HAIR_REACH * face_size)
         self.step = max(2, int(round(face_size / FACE_SIZE_PER_STEP)))
         self._grid = self._roi_grid(ring, face_size)
         grid = self._grid
@@ -190,18 +279,156 @@ class MeshAnimator(Animator):
         self._ring_src = np.clip(ring, self._ring_box[:2], self._ring_box[2:]).astype(np.float32)
         self._ring_gap = np.linalg.norm(self._ring_src - mesh[list(FACE_OVAL)], axis=1).astype(np.float32)
         self._ring_limits = self._ring_target_limits(grid)
-        border = np.concatenate([self._border_points(grid), self._still_ring(ring, ROI_MARGIN * face_size, grid)])
-        self._edge_nearest, self._edge_share = self._edge_shares(border, ROI_MARGIN * face_size)
+        margin_px = ROI_MARGIN * face_size
+        border = np.concatenate([self._border_points(grid), self._still_ring(ring, margin_px, grid)])
+        self._edge_nearest, self._edge_share = self._edge_shares(border, margin_px)
         # Face points outside the ROI (a face cut by the crop edge) are pulled in, so the border
         # stays the mesh's convex hull.
-        inside = np.clip(mesh, self._ring_box[:2], self._ring_box[2:]).astype(np.float32)
+        self._warp_points = warp_points(mesh)
+        faces = len(self._warp_points)
+        inside = np.clip(mesh[self._warp_points], self._ring_box[:2], self._ring_box[2:]).astype(np.float32)
         self._vertices_src = np.concatenate([inside, self._ring_src, border])
-        self._num_moving = NUM_MESH_POINTS + len(ring)
-        triangulation = Delaunay(self._vertices_src.astype(np.float64))
-        self._weights = self._barycentric_matrix(triangulation, grid.points().reshape(-1, 2))
-        self._grid_points = grid.points()
+        self._num_moving = faces + len(ring)
+        triangles = Delaunay(self._vertices_src.astype(np.float64)).simplices.astype(np.int32)
+        # Drawing layers, back to front: the room (triangles touching the still ring or the ROI
+        # border), the head outline's band (hair, ears, neck), the face (sorted by depth per frame).
+        outer = (triangles >= self._num_moving).any(axis=1)
+        face = (triangles < faces).all(axis=1)
+        self._tri = triangles
+        self._tri_layer = np.where(outer, 0, np.where(face, 2, 1)).astype(np.int32)
+        self._tri_sign = np.sign(self._signed_areas(self._vertices_src[triangles]))
+        # Depth of each vertex at rest: the face's own; the outline band sits in the plane of the
+        # head's outline (the pivot's depth), the room far behind it.
+        pivot_z = float(self.motion.avatar_pivot[2])
+        self._vertex_depth = np.full(len(self._vertices_src), pivot_z, np.float64)
+        if depth is not None:
+            self._vertex_depth[:faces] = depth[self._warp_points]
+        self._grid_points = grid.points()  # float32 (rows, cols, 2)
+        self._grid_x = np.ascontiguousarray(self._grid_points[..., 0]).ravel()
+        self._grid_y = np.ascontiguousarray(self._grid_points[..., 1]).ravel()
         gy, gx = np.mgrid[grid.y0:grid.y0 + grid.height, grid.x0:grid.x0 + grid.width].astype(np.float32)
         self._full_grid = np.ascontiguousarray(np.stack([gx, gy], axis=-1))
+        self.last_triangles: np.ndarray | None = None  # per grid sample: drawn triangle, -1 = at rest
+        self.room_samples: np.ndarray | None = None  # per grid sample: only moved room covers it
+
+    @staticmethod
+    def _neck_depth(points: np.ndarray, shape: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """float32 (rows, cols) field over a box at `origin` (x, y): how far each pixel lies below the
+        chin along the face's down direction, in face heights (negative above the chin)."""
+        chin, forehead = points[CHIN].astype(np.float64), points[FOREHEAD].astype(np.float64)
+        height = max(float(np.linalg.norm(chin - forehead)), 1.0)
+        down = (chin - forehead) / height
+        ys = np.arange(origin[1], origin[1] + shape[0], dtype=np.float32)[:, None] - chin[1]
+        xs = np.arange(origin[0], origin[0] + shape[1], dtype=np.float32)[None, :] - chin[0]
+        return ((xs * down[0] + ys * down[1]) / height).astype(np.float32)
+
+    @staticmethod
+    def _ring_over_hair(ring: np.ndarray, hair: np.ndarray, above_neck: np.ndarray, reach_px: float) -> np.ndarray:
+        """The head outline pushed out along its rays until it covers the person's hair (`hair`:
+        bool person mask over the image, `above_neck` where it counts), by at most `reach_px`: big
+        hair then moves with the head as one piece instead of being stretched by the fade."""
+        centre = ring.mean(axis=0)
+        rays = (ring - centre) / np.maximum(np.linalg.norm(ring - centre, axis=1, keepdims=True), 1e-6)
+        steps = np.arange(1.0, reach_px + 1.0, 1.0)
+        at = ring[:, None, :] + steps[None, :, None] * rays[:, None, :]  # (R, S, 2)
+        xy = np.round(at).astype(np.int64)
+        height, width = hair.shape
+        inside = (xy[..., 0] >= 0) & (xy[..., 0] < width) & (xy[..., 1] >= 0) & (xy[..., 1] < height)
+        xs, ys = np.clip(xy[..., 0], 0, width - 1), np.clip(xy[..., 1], 0, height - 1)
+        covered = inside & hair[ys, xs] & above_neck[ys, xs]
+        # The hair reaches as far as its last pixel along the ray that a run from the ring reaches.
+        run = np.cumprod(covered | ~inside, axis=1).astype(bool) & covered
+        extra = np.where(run.any(axis=1), steps[np.argmax(np.where(run, steps[None, :], 0.0), axis=1)], 0.0)
+        # Neighbouring rays agree (a strand or a gap between strands must not spike the outline).
+        extra = np.array([np.median(np.take(extra, range(i - 2, i + 3), mode="wrap")) for i in range(len(extra))])
+        return ring + (extra[:, None] + HAIR_MARGIN * reach_px * (extra[:, None] > 0)) * rays
+
+    @staticmethod
+    def _signed_areas(corners: np.ndarray) -> np.ndarray:
+        """Twice the signed area of triangles given as (T, 3, 2) corners (sign = orientation)."""
+        e1 = corners[:, 1] - corners[:, 0]
+        e2 = corners[:, 2] - corners[:, 0]
+        return e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+
+    def _build_layers(self, avatar_bgr: np.ndarray, points: np.ndarray, person: np.ndarray | None) -> None:
+        """The head as a layer over the room: its matte (the person above the neck, feathered, fading
+        into the still neck below the chin; the face itself always in) as the alpha of a BGRA copy
+        of the avatar, and the room plate (the avatar with the head painted out, inpainted from the
+        room around it). A moving head then uncovers room, not a stretched copy of its own hair,
+        and the room beside it never bends."""
+        grid = self._grid
+        rows, cols = grid.slices
+        self._plate_bgr = None
+        if person is None:
+            return
+        neck = self._neck_depth(points, person.shape)
+        hard = (person > 0.5).astype(np.float32)
+        face = _polygon_mask(points[list(FACE_OVAL)], (0, 0), person.shape)
+        hard = np.maximum(hard, face)
+        sigma = max(HAIR_FEATHER * self._face_size, 0.5)
+        soft = cv2.GaussianBlur(hard, (0, 0), sigma) * self._head_region(points, person.shape)
+        alpha = soft * (1.0 - _smoothstep((neck - NECK_FADE[0]) / (NECK_FADE[1] - NECK_FADE[0])))
+        self._alpha_f32 = alpha.astype(np.float32)
+        head = ((soft[rows, cols] > 0.02) & (neck[rows, cols] < NECK_FADE[0])).astype(np.uint8)
+        grow = max(int(round(2.0 * sigma)), 1)
+        head = cv2.dilate(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+        self._plate_bgr = avatar_bgr.copy()
+        self._plate_bgr[rows, cols] = self._inpainted(np.ascontiguousarray(avatar_bgr[rows, cols]), head)
+        # Triangles of the room layer over no part of the matte only move room, which the plate
+        # hides: they need not be drawn while the head is layered over the room.
+        corners = self._vertices_src[self._tri]
+        lo = np.clip(np.floor(corners.min(axis=1)).astype(int), 0, None)
+        hi = np.ceil(corners.max(axis=1)).astype(int) + 1
+        over_matte = np.array([alpha[y0:y1, x0:x1].max(initial=0.0) > 0.0 for (x0, y0), (x1, y1) in zip(lo, hi)])
+        self._tri_layered = (self._tri_layer > 0) | over_matte
+        # Grid cells where the plate differs from the avatar (it shows there once the head leaves).
+        cells = cv2.resize(head.astype(np.float32), (grid.shape[1], grid.shape[0]), interpolation=cv2.INTER_AREA)
+        self._plate_cells = cells > 0.0
+
+    def _head_region(self, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """float32 [0, 1] over the picture: what can belong to the head layer — inside the head
+        outline (grown over the hair) and the neck below the jaw, feathered inward. The shoulders
+        beside the neck and stray strands beyond the outline stay with the room."""
+        mesh = points[:NUM_MESH_POINTS].astype(np.float64)
+        down = mesh[CHIN] - mesh[FOREHEAD]
+        jaw = mesh[list(NECK_JAW)]
+        middle, half = jaw.mean(axis=0), 0.5 * (jaw[1] - jaw[0])
+        # The neck is narrower than the jaw at mouth level; the collar beside it stays with the room.
+        neck = np.array([middle - 0.8 * half, middle + 0.8 * half,
+                         middle + 0.65 * half + NECK_FADE[1] * down, middle - 0.65 * half + NECK_FADE[1] * down])
+        region = np.zeros(shape, np.uint8)
+        for polygon in (self._ring_src, neck):
+            cv2.fillPoly(region, [np.round(polygon * 16).astype(np.int32)], 1, cv2.LINE_AA, shift=4)
+        # Soft inward: nothing beyond the outline moves with the head (the band outside it is
+        # stretched by the fade, and hair there would be smeared into streaks).
+        # A head the picture's edge cuts keeps going beyond it: the edge does not count as outline
+        # (the outline keeps an inset from the edge; the rows and columns beside it continue it).
+        edge = 2
+        region[:edge], region[-edge:] = region[edge], region[-edge - 1]
+        region[:, :edge], region[:, -edge:] = region[:, edge:edge + 1], region[:, -edge - 1:-edge]
+        feather = max(HAIR_EDGE * self._face_size, 1.0)
+        pad = int(feather) + 2
+        region = cv2.copyMakeBorder(region, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        shrunk = cv2.erode(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(feather) + 1,) * 2))
+        soft = cv2.GaussianBlur(shrunk.astype(np.float32), (0, 0), feather / 2.0, borderType=cv2.BORDER_REPLICATE)
+        return np.ascontiguousarray(soft[pad:-pad, pad:-pad])
+
+    @staticmethod
+    def _inpainted(image_bgr: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        """`image_bgr` with `hole` (uint8 0/1) filled from around it, inpainted at about PLATE_SIDE
+        px (the room behind a head is out of focus and smooth; full resolution would cost seconds)."""
+        if not hole.any():
+            return image_bgr.copy()
+        height, width = hole.shape
+        scale = min(1.0, PLATE_SIDE / max(height, width))
+        small_size = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
+        small = cv2.resize(image_bgr, small_size, interpolation=cv2.INTER_AREA)
+        small_hole = (cv2.resize(hole.astype(np.float32), small_size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
+        filled = cv2.inpaint(small, small_hole * 255, 3.0, cv2.INPAINT_TELEA)
+        filled = cv2.resize(filled, (width, height), interpolation=cv2.INTER_LINEAR)
+        plate = image_bgr.copy()
+        plate[hole > 0] = filled[hole > 0]
+        return plate
 
     def _ring_target_limits(self, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
         """Bounds for moved ring points: inside the ROI where its border is fixed (so no triangle
@@ -217,7 +444,7 @@ class MeshAnimator(Animator):
     def _still_ring(ring: np.ndarray, margin_px: float, grid: _Grid) -> np.ndarray:
         """Fixed points `margin_px` outside the ring, along the rays from its centre: the head's
         motion fades out over the same distance all around it (not out to the ROI's corners),
-        so the room close beside the head is already still. Points off the image are dropped (the
+        so the room close beside the head is already still. Points off the ROI are dropped (the
         image edge slides there instead), as are points that would crowd the ROI border."""
         out = ring - ring.mean(axis=0)
         still = ring + margin_px * out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
@@ -226,16 +453,21 @@ class MeshAnimator(Animator):
         return still[((still >= lo) & (still <= hi)).all(axis=1)].astype(np.float32)
 
     def _edge_shares(self, border: np.ndarray, reach_px: float) -> tuple[np.ndarray, np.ndarray]:
-        """Per border point: the nearest ring point and the share of its motion the point takes.
-        The ROI border inside the image stays put (share 0): the background does not move. Where
-        the ROI ends at the image's own edge (a head cut by the crop), the edge moves with the head
-        as the ring's motion fades over `reach_px`, as it does inside the ROI; pinning it would
-        tear hair or a hat that the crop cuts."""
-        on_image_edge = (border < 0.0).any(axis=1) | (border > np.array(self._image_size) - 1).any(axis=1)
+        """Per border point: the nearest ring point and the share of its motion the point takes,
+        along the border only ((N, 2): x share, y share). The ROI border inside the image stays put
+        (share 0): the background does not move. Where the ROI ends at the image's own edge (a head
+        cut by the crop), the edge slides along itself with the head as the ring's motion fades
+        over `reach_px`, as it does inside the ROI; pinning it would tear hair or a hat that the
+        crop cuts. It never leaves its edge, so the mesh keeps covering the picture."""
+        limit = np.array(self._image_size, np.float32) - 1.0
+        off = (border < 0.0) | (border > limit)  # (N, 2): beyond the left/right, top/bottom edge
         distance = np.linalg.norm(border[:, None, :] - self._ring_src[None, :, :], axis=2)
         nearest = distance.argmin(axis=1)
-        share = np.clip(1.0 - distance.min(axis=1) / max(reach_px, 1.0), 0.0, 1.0) * on_image_edge
-        return nearest, share.astype(np.float32)
+        fade = np.clip(1.0 - distance.min(axis=1) / max(reach_px, 1.0), 0.0, 1.0)
+        # On a top or bottom edge the point slides across (x), on a left or right edge up and down
+        # (y); a corner point stays.
+        slides = np.stack([off[:, 1] & ~off[:, 0], off[:, 0] & ~off[:, 1]], axis=1)
+        return nearest, (fade[:, None] * slides).astype(np.float32)
 
     def _roi_grid(self, ring: np.ndarray, face_size: float) -> _Grid:
         """The warped region: the ring plus a margin, clipped to the image, sides multiples of step."""
@@ -250,7 +482,7 @@ class MeshAnimator(Animator):
     @staticmethod
     def _border_points(grid: _Grid, per_side: int = 16) -> np.ndarray:
         """Points along the ROI border: fixed inside the image (the warp is the identity there, so
-        no seam); on the image's own edge they slide with the head (see _edge_shares)."""
+        no seam); on the image's own edge they slide along it with the head (see _edge_shares)."""
         x0, y0 = grid.x0 - 0.5, grid.y0 - 0.5
         x1, y1 = grid.x0 + grid.width - 0.5, grid.y0 + grid.height - 0.5
         t = np.linspace(0.0, 1.0, per_side, endpoint=False)
@@ -260,22 +492,6 @@ class MeshAnimator(Animator):
         left = np.stack([np.full_like(t, x0), y1 - t * (y1 - y0)], axis=1)
         return np.concatenate([top, right, bottom, left]).astype(np.float32)
 
-    @staticmethod
-    def _barycentric_matrix(triangulation: Delaunay, samples: np.ndarray) -> scipy.sparse.csr_matrix:
-        """Sparse (samples × vertices) barycentric weights: weights @ vertex_values interpolates any
-        per-vertex quantity (here: displacement) piecewise-linearly over the mesh."""
-        simplex = triangulation.find_simplex(samples)
-        inside = simplex >= 0
-        rows = np.nonzero(inside)[0]
-        tri = simplex[inside]
-        transform = triangulation.transform[tri]  # (n, 3, 2): inverse affine + offset per triangle
-        b = np.einsum("nij,nj->ni", transform[:, :2], samples[inside] - transform[:, 2])
-        bary = np.concatenate([b, 1.0 - b.sum(axis=1, keepdims=True)], axis=1)
-        vertices = triangulation.simplices[tri]
-        return scipy.sparse.csr_matrix(
-            (bary.astype(np.float32).ravel(), (np.repeat(rows, 3), vertices.ravel())),
-            shape=(len(samples), len(triangulation.points)))
-
     def _build_mouth(self, avatar_bgr: np.ndarray, points: np.ndarray) -> None:
         outer = _polygon_mask(points[list(OUTER_LIPS)], (0, 0), avatar_bgr.shape[:2])
         inner = _polygon_mask(points[list(INNER_LIPS)], (0, 0), avatar_bgr.shape[:2])
@@ -283,11 +499,11 @@ class MeshAnimator(Animator):
         lip_bgr = np.median(avatar_bgr[lips], axis=0).astype(np.float32) if lips.any() else CAVITY_EDGE_BGR
         # The cavity next to the lips is a shadowed continuation of the lips' own hue.
         edge = 0.5 * CAVITY_EDGE_BGR + 0.5 * 0.35 * lip_bgr
-        self._mouth = _MouthRig(mouth_open_ratio(points), edge.astype(np.float32))
+        self._mouth = _MouthRig(mouth_open_ratio(points), edge.astype(np.float32), lip_bgr)
 
     def _build_eyes(self, avatar_bgr: np.ndarray, points: np.ndarray) -> None:
-        """Per eye: the iris patch and disk, and the avatar with irises painted out (for gaze)."""
-        irisless = avatar_bgr.copy()
+        """Per eye: the iris patch and disk, and the eyeball without the iris (for gaze and lids)."""
+        shape = avatar_bgr.shape[:2]
         rigs = []
         for eye in EYES:
             centre = points[eye.iris_centre].astype(np.float32)
@@ -297,22 +513,49 @@ class MeshAnimator(Animator):
             patch = cv2.getRectSubPix(avatar_bgr, (2 * half + 1, 2 * half + 1), tuple(map(float, centre)))
             yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float32)
             alpha = np.clip(radius + 0.5 - np.sqrt(xx * xx + yy * yy), 0.0, 1.0)
-            opening = _polygon_mask(points[list(eye.opening)], (0, 0), avatar_bgr.shape[:2])
-            disk = np.zeros(avatar_bgr.shape[:2], np.uint8)
+            opening = _polygon_mask(points[list(eye.opening)], (0, 0), shape)
+            seen = cv2.getRectSubPix(opening, (2 * half + 1, 2 * half + 1), tuple(map(float, centre)))
+            patch = self._completed_iris(patch, seen)
+            disk = np.zeros(shape, np.uint8)
             cv2.circle(disk, tuple(int(round(v)) for v in centre), int(np.ceil(radius * 1.15)), 255, -1)
             disk[opening < 0.01] = 0
-            irisless = cv2.inpaint(irisless, disk, max(2.0, radius * 0.5), cv2.INPAINT_TELEA)
             width = float(np.linalg.norm(points[eye.corners[0]] - points[eye.corners[1]]))
-            rigs.append(_EyeRig(eye, centre, radius, patch.astype(np.float32), alpha, width))
+            ball, origin = self._eyeball(avatar_bgr, (opening > 0.5) & (disk == 0), points[list(eye.opening)], width)
+            rigs.append(_EyeRig(eye, centre, radius, patch.astype(np.float32), alpha, width, ball, origin))
         self._eyes = rigs
-        self._irisless_bgr = irisless
+
+    @staticmethod
+    def _eyeball(avatar_bgr: np.ndarray, sclera: np.ndarray, outline: np.ndarray,
+                 width: float) -> tuple[np.ndarray, tuple[int, int]]:
+        """The eyeball around one eye without its iris: the white seen in the photo (`sclera`: the
+        opening less the iris disk and the lash line) carried on over the iris and under the lids,
+        so lids that open wider than in the photo uncover white, not stretched lashes. Returns the
+        patch and its top-left corner (avatar px)."""
+        height, width_px = avatar_bgr.shape[:2]
+        x0, y0, x1, y1 = _box_around(outline, 0.35 * width + 2.0, (0, 0, width_px, height))
+        known = cv2.erode(sclera[y0:y1, x0:x1].astype(np.uint8), np.ones((3, 3), np.uint8))
+        patch = np.ascontiguousarray(avatar_bgr[y0:y1, x0:x1])
+        if known.any():
+            patch = cv2.inpaint(patch, (1 - known) * 255, 3.0, cv2.INPAINT_TELEA)
+        return patch.astype(np.float32), (x0, y0)
+
+    @staticmethod
+    def _completed_iris(patch: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """The iris patch with what the lids hid in the photo (its top, often) filled from its
+        mirror image across the centre row, where that was seen: an eye opening wider than in the
+        photo shows a round iris, not the lid's lashes inside it."""
+        flipped, flipped_seen = patch[::-1], seen[::-1]
+        use = np.clip(flipped_seen - seen, 0.0, 1.0)[..., None]
+        return (patch + use * (flipped - patch)).astype(patch.dtype)
 
     # ------------------------------------------------------------------------------------------
     # Per calibration
     def set_neutral(self, driving: DrivingFrame) -> None:
         if driving.landmarks is None:
             raise AnimatorError("No face in the driving frame; look at the camera and calibrate again.")
-        self.motion.set_neutral(driving.landmarks.points)
+        self.motion.set_neutral(driving.landmarks.points, driving.landmarks.depth)
+        # The driver's light and white balance, once per calibration, from their lips.
+        self._mouth_gain = self._colour_gain(driving.crop_bgr, np.asarray(driving.landmarks.points, np.float64))
 
     # ------------------------------------------------------------------------------------------
     # Per frame
@@ -327,31 +570,129 @@ class MeshAnimator(Animator):
         if self.region not in REGIONS:
             raise AnimatorError(f"Unknown region {self.region!r}; use one of {', '.join(REGIONS)}.")
         target = self.motion.target(driving.landmarks.points, driving.timestamp, self.strength,
-                                    self.region, driving.motion_scale)
+                                    self.region, driving.motion_scale, driving.landmarks.depth)
         self.last_target = target
-        output = self.render(target)
+        output = self.render(target, driving)
         self._last_output = output
         return output
 
-    def render(self, target: MotionTarget) -> np.ndarray:
-        """The avatar with its landmarks moved to `target.points` (avatar px)."""
-        backward = self.backward_map(target)
-        self.last_map = backward
-        grid = self._grid
-        rows, cols = grid.slices
-        # Reflected, not repeated: where a cut-off head moves into the frame, hair texture continues.
-        warped = cv2.remap(self._avatar_bgr, backward, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-        self._paint_eyes(warped, backward, target)
-        self._paint_mouth(warped, target.points)
+    def render(self, target: MotionTarget, driving: DrivingFrame | None = None) -> np.ndarray:
+        """The avatar with its landmarks moved to `target.points` (avatar px); `driving` (optional)
+        lends its mouth interior where the mouth opens wider than the avatar's."""
+        offsets = self._grid_offsets(target)
+        layered = offsets is not None and self._plate_bgr is not None and not target.pose.is_identity
+        if offsets is None:
+            offsets = np.zeros_like(self._grid_points)
+        alpha = self._moved_matte(offsets) if layered else None
+        box = self._changed_box(offsets, target, alpha)
+        self.last_box = box
+        if box is None:  # nothing moved: the avatar's own pixels
+            self._last_relative = None
+            return self._avatar_bgr.copy()
+        relative = self._upsampled(offsets, box, relative=True)
+        self._last_relative = relative
+        self.last_map_origin = self._box_origin(box)
+        # Reflected, not repeated: where a cut-off head moves into the frame, hair continues.
+        warped = cv2.remap(self._avatar_bgr, relative, None, cv2.INTER_LINEAR | cv2.WARP_RELATIVE_MAP,
+                           borderMode=cv2.BORDER_REFLECT_101)
+        if alpha is not None:
+            warped = self._over_room(warped, alpha, box)
+        origin = self._box_origin(box)
+        for rig in self._eyes:
+            self._paint_eye(warped, origin, target, rig)
+        self._paint_mouth(warped, origin, target.points, driving)
         output = self._avatar_bgr.copy()
-        output[rows, cols] = warped
+        output[self._box_slices(box)] = warped
         return output
+
+    def _box_origin(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        """Avatar px (x, y) of the top-left pixel of a box of grid samples (c0, r0, c1, r1)."""
+        return np.array([self._grid.x0 + box[0] * self.step, self._grid.y0 + box[1] * self.step], np.float32)
+
+    def _box_slices(self, box: tuple[int, int, int, int]) -> tuple[slice, slice]:
+        """The avatar's (rows, cols) of a box of grid samples."""
+        x0, y0 = (int(v) for v in self._box_origin(box))
+        return slice(y0, y0 + (box[3] - box[1]) * self.step), slice(x0, x0 + (box[2] - box[0]) * self.step)
+
+    def _moved_matte(self, offsets: np.ndarray) -> np.ndarray:
+        """The head's matte where the map carries it: float32 [0, 1] per grid sample. Beyond the
+        picture's edge it is 0: what a head moving in from a cut edge uncovers is room."""
+        alpha = cv2.remap(self._alpha_f32, cv2.add(offsets, self._grid_points), None, cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        if self.room_samples is not None:
+            alpha[self.room_samples] = 0.0
+        return alpha
+
+    def _changed_box(self, offsets: np.ndarray, target: MotionTarget,
+                     alpha: np.ndarray | None) -> tuple[int, int, int, int] | None:
+        """The box of grid samples (c0, r0, c1, r1) whose pixels can differ from the avatar: where
+        the map moves; with the head layered over the room (`alpha`: its moved matte), only where
+        the matte or the room plate shows (beyond, the room is the avatar's own pixels whatever
+        the map does there); plus where the eyes and mouth are painted. None: nothing changes."""
+        if alpha is not None:
+            parts = [alpha > 0.0, self._plate_cells]
+        else:
+            parts = [(np.abs(offsets) > 1e-3).any(axis=2)]
+        box = None
+        for part in parts:
+            rows, cols = np.nonzero(part.any(axis=1))[0], np.nonzero(part.any(axis=0))[0]
+            if rows.size:
+                box = _union(box, (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1))
+        for painted in self._painted_boxes(target):
+            box = _union(box, painted)
+        if box is None:
+            return None
+        rows, cols = self._grid.shape
+        pad = 1  # the upsampled map needs a sample beyond the moving ones
+        return max(box[0] - pad, 0), max(box[1] - pad, 0), min(box[2] + pad, cols), min(box[3] + pad, rows)
+
+    def _painted_boxes(self, target: MotionTarget) -> list[tuple[int, int, int, int]]:
+        """Grid boxes of the eyes and the mouth at the target (their paint may reach a little past
+        the moving mesh: a gaze alone moves no vertex)."""
+        grid = self._grid
+        groups = [list(rig.indices.opening) + [rig.indices.iris_centre] for rig in self._eyes] + [list(INNER_LIPS)]
+        boxes = []
+        for group in groups:
+            at = (target.points[group] - (grid.x0, grid.y0)) / grid.step
+            pad = 2.0 + max(rig.iris_radius for rig in self._eyes) / grid.step
+            c0, r0 = np.floor(at.min(axis=0) - pad).astype(int)
+            c1, r1 = np.ceil(at.max(axis=0) + pad).astype(int)
+            boxes.append((c0, r0, c1, r1))
+        return boxes
+
+    def _upsampled(self, offsets: np.ndarray, box: tuple[int, int, int, int], relative: bool = False) -> np.ndarray:
+        """The full-resolution backward map over a box of grid samples, float32: avatar px, or with
+        `relative` each pixel's source less its own position in the box (cv2.WARP_RELATIVE_MAP
+        then samples the whole avatar: no pass adding the pixel grid, and a faster remap)."""
+        c0, r0, c1, r1 = box
+        step = self.step
+        offset = offsets[r0:r1, c0:c1]
+        if relative:  # the box's own origin is a constant: added on the grid, before upsampling
+            offset = offset + self._box_origin(box)
+        # Upsample the offset, not the positions: it is 0 at the fixed border, so the half-sample
+        # the upsampling clamps at the box's edge costs nothing there.
+        offset = cv2.resize(np.ascontiguousarray(offset), ((c1 - c0) * step, (r1 - r0) * step),
+                            interpolation=cv2.INTER_LINEAR)
+        if relative:
+            return offset
+        return cv2.add(offset, self._full_grid[r0 * step:r1 * step, c0 * step:c1 * step], dst=offset)
+
+    def _over_room(self, warped: np.ndarray, alpha: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The warped head over the still room plate: plate + alpha·(head − plate), the moved matte
+        upsampled from the grid like the map (so its edge is soft over one grid step)."""
+        c0, r0, c1, r1 = box
+        height, width = warped.shape[:2]
+        matte = cv2.resize(alpha[r0:r1, c0:c1], (width, height), interpolation=cv2.INTER_LINEAR)
+        plate = self._plate_bgr[self._box_slices(box)]
+        return cv2.blendLinear(warped, plate, matte, cv2.subtract(1.0, matte))
 
     def landing_error(self, target: MotionTarget) -> np.ndarray:
         """Per face landmark, how far (px) the backward map for `target` misses: where the output
         pixel at the target position samples the avatar, minus the avatar's own landmark. NaN for
         points outside the ROI."""
         backward = self.backward_map(target)
+        if backward is None:
+            backward = self._full_grid
         grid = self._grid
         at = target.points[:NUM_MESH_POINTS] - np.array([grid.x0, grid.y0], np.float32)
         sampled = cv2.remap(backward, at[None, :, 0], at[None, :, 1], cv2.INTER_LINEAR,
@@ -361,22 +702,37 @@ class MeshAnimator(Animator):
         return np.where(inside, error, np.nan)
 
     @property
+    def last_map(self) -> np.ndarray | None:
+        """(h, w, 2) float32 backward map (avatar px) of the last frame over the box that changed
+        (its first pixel at `last_map_origin`), or None when nothing moved; for benches and tests."""
+        if self._last_relative is None:
+            return None
+        height, width = self._last_relative.shape[:2]
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        return self._last_relative + np.stack([xs, ys], axis=-1)
+
+    @property
     def roi(self) -> tuple[slice, slice]:
         """The (rows, cols) the engine may change; outside it the output is the avatar."""
         return self._grid.slices
 
-    def _vertex_targets(self, target: MotionTarget) -> np.ndarray:
-        """Where every mesh vertex goes: face points to the targets, ring points with the head (and
-        with what of the face outline's expression the skin between cannot take up), border points
-        nowhere (or sliding with the head on the image's own edge)."""
+    def _vertex_targets(self, target: MotionTarget) -> tuple[np.ndarray, np.ndarray]:
+        """Where every mesh vertex goes and how deep it then lies: face points to the targets, ring
+        points with the head outline (and with what of the face outline's expression the skin
+        between cannot take up), border points nowhere (or sliding with the head on the image's
+        own edge)."""
         ring = as_points(target.head(as_complex(self._ring_src + self._ring_expression(target))))
         ring = np.clip(ring, *self._ring_limits)
-        moving = np.concatenate([target.points[:NUM_MESH_POINTS], ring])
         vertices = self._vertices_src.copy()
-        vertices[:self._num_moving] = moving
+        faces = len(self._warp_points)
+        vertices[:faces] = target.points[self._warp_points]
+        vertices[faces:self._num_moving] = ring
         ring_motion = ring - self._ring_src
-        vertices[self._num_moving:] += self._edge_share[:, None] * ring_motion[self._edge_nearest]
-        return vertices
+        vertices[self._num_moving:] += self._edge_share * ring_motion[self._edge_nearest]
+        depth = self._vertex_depth + target.pose.shift[2]
+        if target.depth is not None:
+            depth[:faces] = target.depth[self._warp_points]
+        return vertices, depth
 
     def _ring_expression(self, target: MotionTarget) -> np.ndarray:
         """The ring's share of the face outline's expression (a dropping jaw, mostly): the skin
@@ -389,44 +745,173 @@ class MeshAnimator(Animator):
         slack = (1.0 - RING_SQUEEZE) * self._ring_gap[:, None]
         return outline * (np.maximum(length - slack, 0.0) / np.maximum(length, 1e-6))
 
-    def backward_map(self, target: MotionTarget) -> np.ndarray:
-        """(h, w, 2) float32 source position (avatar px) of every ROI pixel of the output."""
+    def backward_map(self, target: MotionTarget) -> np.ndarray | None:
+        """(h, w, 2) float32 source position (avatar px) of every ROI pixel of the output, or None
+        when no vertex moves (the output is the avatar)."""
+        offsets = self._grid_offsets(target)
+        if offsets is None:
+            return None
+        rows, cols = self._grid.shape
+        return self._upsampled(offsets, (0, 0, cols, rows))
+
+    def _grid_offsets(self, target: MotionTarget) -> np.ndarray | None:
+        """(rows, cols, 2) float32: how far (avatar px) the source of every grid sample lies from the
+        sample (the backward map less the identity), or None when no vertex moves.
+
+        The moved mesh is drawn back to front on the reduced grid (the room, the head outline's
+        band, then the face's triangles from far to near), each grid sample keeping the last
+        triangle drawn over it: nearer parts hide farther ones. A triangle whose orientation
+        flipped shows its back (the far cheek turned away, the side of the nose): it is not drawn,
+        so a turned head hides its far side instead of folding it over. Each sample's source is
+        its triangle's affine map (target → source); samples no moved triangle covers stay put.
+        """
         grid = self._grid
-        displacement = self._vertex_targets(target) - self._vertices_src
-        forward = np.asarray(self._weights @ displacement, dtype=np.float32).reshape(*grid.shape, 2)
-        # Fixed point of x = q − d(x): starts from q − d(q), contracts as long as the mesh is not
-        # folded (|∇d| < 1); three steps reach well under 0.1 px on face motion.
-        source = self._grid_points - forward
-        for _ in range(FIXED_POINT_STEPS):
-            mx, my = grid.to_index(source)
-            sampled = cv2.remap(forward, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            source = self._grid_points - sampled
-        # Upsample the offset, not the positions: it is 0 at the fixed border, so the half-sample
-        # the upsampling clamps at the ROI edge costs nothing there.
-        offset = cv2.resize(source - self._grid_points, (grid.width, grid.height), interpolation=cv2.INTER_LINEAR)
-        return cv2.add(offset, self._full_grid, dst=offset)
+        vertices, depth = self._vertex_targets(target)
+        moved = (vertices != self._vertices_src).any(axis=1)
+        drawn = moved[self._tri].any(axis=1)
+        self.room_samples = None
+        if not drawn.any():
+            self.last_triangles = None
+            return None
+        room = None
+        if self._plate_bgr is not None and not target.pose.is_identity:
+            # Moved triangles of the room layer over no part of the matte only move room, which
+            # the plate hides: one call marks them all as room instead of drawing each.
+            room = drawn & ~self._tri_layered
+            drawn &= self._tri_layered
+        tri = self._tri[drawn]
+        corners = vertices[tri].astype(np.float64)
+        areas = self._signed_areas(corners)
+        facing = areas * self._tri_sign[drawn] > FLIP_AREA_PX2
+        tri, corners, layer = tri[facing], corners[facing], self._tri_layer[drawn][facing]
+        order = np.lexsort((-depth[tri].mean(axis=1), layer))  # by layer, then far (large z) first
+        tri, corners = tri[order], corners[order]
+        room_corners = None if room is None or not room.any() else vertices[self._tri[room]]
+        ids = self._rasterized(corners, grid, room_corners)
+        self.last_triangles = np.where(ids < len(tri), ids, -1)
+        self.room_samples = ids > len(tri)
+        # Per triangle the affine map less the identity; one more row (all 0) for samples no moved
+        # triangle covers, which the rasterizer leaves at that index.
+        affine = self._target_to_source(corners, self._vertices_src[tri].astype(np.float64))
+        affine[:, 0, 0] -= 1.0
+        affine[:, 1, 1] -= 1.0
+        coefficients = np.concatenate([affine.reshape(-1, 6), np.zeros((2, 6))]).astype(np.float32)
+        c = coefficients[ids.ravel()]
+        x, y = self._grid_x, self._grid_y
+        offsets = np.empty((x.size, 2), np.float32)
+        offsets[:, 0] = c[:, 0] * x + c[:, 1] * y + c[:, 2]
+        offsets[:, 1] = c[:, 3] * x + c[:, 4] * y + c[:, 5]
+        return offsets.reshape(*grid.shape, 2)
+
+    @staticmethod
+    def _rasterized(corners: np.ndarray, grid: _Grid, room: np.ndarray | None = None) -> np.ndarray:
+        """(rows, cols) int32 grid of the index of the last triangle drawn over each sample (the
+        triangle count where none is, one more where only `room` triangles are), triangles drawn
+        in the given order over the room ones, with 1/16 sample precision."""
+        shift = 4
+
+        def on_grid(points: np.ndarray) -> np.ndarray:
+            at = (points - (grid.x0, grid.y0) + 0.5) / grid.step - 0.5
+            return np.round(at * (1 << shift)).astype(np.int32)
+
+        ids = np.full(grid.shape, len(corners), np.int32)
+        if room is not None:
+            cv2.fillPoly(ids, list(on_grid(room)), len(corners) + 1, cv2.LINE_8, shift)
+        fill = cv2.fillConvexPoly
+        for index, triangle in enumerate(on_grid(corners)):
+            fill(ids, triangle, index, cv2.LINE_8, shift)
+        return ids
+
+    @staticmethod
+    def _target_to_source(target: np.ndarray, source: np.ndarray) -> np.ndarray:
+        """(T, 2, 3) affine maps taking each target triangle (T, 3, 2) onto its source triangle."""
+        e = np.stack([target[:, 1] - target[:, 0], target[:, 2] - target[:, 0]], axis=2)  # (T, 2, 2)
+        f = np.stack([source[:, 1] - source[:, 0], source[:, 2] - source[:, 0]], axis=2)
+        det = e[:, 0, 0] * e[:, 1, 1] - e[:, 0, 1] * e[:, 1, 0]
+        det = np.where(np.abs(det) < 1e-9, 1e-9, det)
+        inverse = np.stack([np.stack([e[:, 1, 1], -e[:, 0, 1]], axis=1),
+                            np.stack([-e[:, 1, 0], e[:, 0, 0]], axis=1)], axis=1) / det[:, None, None]
+        linear = f @ inverse
+        offset = source[:, 0] - np.einsum("nij,nj->ni", linear, target[:, 0])
+        return np.concatenate([linear, offset[:, :, None]], axis=2)
 
     # ------------------------------------------------------------------------------------------
-    # Mouth: a shaded cavity where the driver opens wider than the avatar's own mouth
-    def _paint_mouth(self, warped: np.ndarray, points: np.ndarray) -> None:
+    # Mouth: where the driver opens wider than the avatar's own mouth, a mouth interior: the
+    # driver's own (teeth, tongue) where their frame shows it, over a shaded cavity
+    def _paint_mouth(self, warped: np.ndarray, origin: np.ndarray, points: np.ndarray,
+                     driving: DrivingFrame | None = None) -> None:
+        """Paint the mouth interior into `warped` (a block of the output whose top-left pixel is
+        `origin`, avatar px), faded in with the opening."""
         opening = mouth_open_ratio(points) - self._mouth.open_ratio
         strength = float(np.clip((opening - CAVITY_START) / (CAVITY_FULL - CAVITY_START), 0.0, 1.0))
         if strength <= 0.0:
             return
-        grid = self._grid
-        lips = points[list(INNER_LIPS)] - (grid.x0, grid.y0)
-        x0, y0, x1, y1 = _box_around(lips, 2.0, (0, 0, grid.width, grid.height))
+        height, width = warped.shape[:2]
+        lips = points[list(INNER_LIPS)] - origin
+        x0, y0, x1, y1 = _box_around(lips, 2.0, (0, 0, width, height))
         if x1 - x0 < 3 or y1 - y0 < 3:
             return
         mask = _polygon_mask(lips, (x0, y0), (y1 - y0, x1 - x0))
-        cavity = self._cavity(mask, points, (x0, y0))
+        interior = self._cavity(mask, points, origin + (x0, y0))
+        if driving is not None and driving.landmarks is not None:
+            driver, driver_alpha = self._driver_mouth(driving, lips - (x0, y0), (x1 - x0, y1 - y0))
+            if driver is not None:
+                share = (driver_alpha * mask)[..., None]
+                interior = interior + share * (driver - interior)
         alpha = (mask * strength)[..., None]
         region = warped[y0:y1, x0:x1].astype(np.float32)
-        warped[y0:y1, x0:x1] = (region + alpha * (cavity - region) + 0.5).astype(np.uint8)
+        warped[y0:y1, x0:x1] = (region + alpha * (interior - region) + 0.5).astype(np.uint8)
 
-    def _cavity(self, mask: np.ndarray, points: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
-        """Cavity colours for a mouth mask (box at `origin`, ROI px): darker away from the lips (the
-        back of the mouth), and a soft hint of upper teeth just under the upper lip, widest mid-mouth."""
+    def _driver_mouth(self, driving: DrivingFrame, lips: np.ndarray,
+                      size: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray]:
+        """The driver's mouth interior mapped onto the avatar's inner lips (`lips`, box px) in a box
+        of `size` (w, h): float32 BGR colour-matched to the avatar, and its alpha — the driver's
+        inner-lip polygon eroded by MOUTH_INSET of its opening and feathered, so neither their lips
+        nor their skin ever shows. (None, _) when the driver's mouth shows no interior."""
+        crop = driving.crop_bgr
+        driver_points = np.asarray(driving.landmarks.points, dtype=np.float64)
+        inner = driver_points[list(INNER_LIPS)]
+        gap = float(np.linalg.norm(driver_points[MOUTH_INNER_TOP] - driver_points[MOUTH_INNER_BOTTOM]))
+        inset = max(MOUTH_INSET * gap, 1.0)
+        bx0, by0, bx1, by1 = _box_around(inner, 2.0, (0, 0, crop.shape[1], crop.shape[0]))
+        if gap < 2.0 * inset + 1.0 or bx1 - bx0 < 3 or by1 - by0 < 3:
+            return None, np.zeros((size[1], size[0]), np.float32)
+        hole = _polygon_mask(inner, (bx0, by0), (by1 - by0, bx1 - bx0))
+        radius = int(np.ceil(inset))
+        inside = cv2.erode((hole > 0.5).astype(np.uint8), cv2.getStructuringElement(
+            cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))).astype(np.float32)
+        if not inside.any():
+            return None, np.zeros((size[1], size[0]), np.float32)
+        inside = cv2.GaussianBlur(inside, (0, 0), max(0.3 * inset, 0.5)) * inside  # soft, never outside
+        # Driver box px -> avatar box px: the affine that best lays their inner lips on the avatar's.
+        to_avatar, _ = cv2.estimateAffine2D((inner - (bx0, by0)).astype(np.float32), lips.astype(np.float32),
+                                            method=cv2.LMEDS)
+        if to_avatar is None:
+            return None, np.zeros((size[1], size[0]), np.float32)
+        patch = np.ascontiguousarray(crop[by0:by1, bx0:bx1])
+        colour = cv2.warpAffine(patch, to_avatar, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        alpha = cv2.warpAffine(inside, to_avatar, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        gain = self._mouth_gain
+        return np.clip(colour.astype(np.float32) * gain, 0.0, 255.0), alpha
+
+    def _colour_gain(self, crop_bgr: np.ndarray, driver_points: np.ndarray) -> np.ndarray:
+        """Per-channel gain taking the driver's lip colour to the avatar's: their mouth interior is
+        lit and white-balanced as the avatar's face then (teeth stay white under the same light)."""
+        outer, inner = driver_points[list(OUTER_LIPS)], driver_points[list(INNER_LIPS)]
+        x0, y0, x1, y1 = _box_around(outer, 1.0, (0, 0, crop_bgr.shape[1], crop_bgr.shape[0]))
+        if x1 - x0 < 3 or y1 - y0 < 3:
+            return np.ones(3, np.float32)
+        ring = (_polygon_mask(outer, (x0, y0), (y1 - y0, x1 - x0)) -
+                _polygon_mask(inner, (x0, y0), (y1 - y0, x1 - x0))) > 0.5
+        if ring.sum() < 4:
+            return np.ones(3, np.float32)
+        driver_lip = np.median(crop_bgr[y0:y1, x0:x1][ring], axis=0).astype(np.float32)
+        return np.clip(self._mouth.lip_bgr / np.maximum(driver_lip, 1.0), *MOUTH_GAIN_RANGE).astype(np.float32)
+
+    def _cavity(self, mask: np.ndarray, points: np.ndarray, origin: np.ndarray) -> np.ndarray:
+        """Cavity colours for a mouth mask (box at `origin`, avatar px): darker away from the lips
+        (the back of the mouth), and a soft hint of upper teeth just under the upper lip, widest
+        mid-mouth."""
         depth = cv2.distanceTransform((mask > 0.5).astype(np.uint8), cv2.DIST_L2, 3)
         left, right = points[MOUTH_CORNERS[0]], points[MOUTH_CORNERS[1]]
         mouth_width = float(np.linalg.norm(right - left))
@@ -435,7 +920,7 @@ class MeshAnimator(Animator):
         band = max(0.11 * mouth_width, 1.0)
         below_lip = np.cumsum(mask, axis=0)  # px of opening above each pixel: 0 at the upper lip
         vertical = np.clip(1.0 - below_lip / band, 0.0, 1.0) * mask
-        xs = np.arange(mask.shape[1], dtype=np.float32) + origin[0] + self._grid.x0
+        xs = np.arange(mask.shape[1], dtype=np.float32) + origin[0]
         u = (xs - 0.5 * (left[0] + right[0])) / max(0.5 * abs(right[0] - left[0]), 1.0)
         horizontal = np.sqrt(np.clip(1.0 - u * u, 0.0, 1.0))
         gap = float(np.linalg.norm(points[MOUTH_INNER_TOP] - points[MOUTH_INNER_BOTTOM]))
@@ -444,36 +929,41 @@ class MeshAnimator(Animator):
 
     # ------------------------------------------------------------------------------------------
     # Eyes: the iris moved inside the opening, the lids closing over it
-    def _paint_eyes(self, warped: np.ndarray, backward: np.ndarray, target: MotionTarget) -> None:
-        for rig in self._eyes:
-            self._paint_eye(warped, backward, target, rig)
-
-    def _paint_eye(self, warped: np.ndarray, backward: np.ndarray, target: MotionTarget, rig: _EyeRig) -> None:
+    def _paint_eye(self, warped: np.ndarray, origin: np.ndarray, target: MotionTarget, rig: _EyeRig) -> None:
+        """Re-paint one eye's opening in `warped` (a block of the output at `origin`, avatar px):
+        the eyeball moved with the eye's corners, the iris at its target, both cut by the lids."""
         points = target.points
         eye = rig.indices
         head_scale = target.head.scale
-        iris_target = self._iris_in_eye(points[eye.iris_centre], rig, points)
-        # Where the mesh warp alone puts the avatar's iris: the nearest output pixel that samples it.
         opening_target = points[list(eye.opening)]
         opening_src = self._avatar_points[list(eye.opening)]
         gap_target = np.linalg.norm(points[list(eye.upper_lid)] - points[list(eye.lower_lid)], axis=1).mean()
         gap_src = np.linalg.norm(opening_src[:len(eye.upper_lid)] -
                                  self._avatar_points[list(eye.lower_lid)], axis=1).mean()
-        closing = float(np.clip(1.0 - gap_target / max(gap_src * head_scale, 1e-6), 0.0, 1.0))
+        openness = gap_target / max(gap_src * head_scale, 1e-6)
+        iris_target = self._iris_in_eye(points[eye.iris_centre], rig, points, min(openness, 1.0))
+        # Closing or opening wider: the lids move over a round iris, which the mesh would squash.
+        change = abs(1.0 - openness)
         moved_centre = self._mesh_moved(rig.iris_centre, target)
         shift = float(np.linalg.norm(iris_target - moved_centre))
-        # Fade in the re-painted eye with the change, so the identity motion stays pixel-exact.
-        blend = float(np.clip(max(shift / 1.0, closing / 0.1), 0.0, 1.0))
-        if blend <= 0.0:
+        # Fade in the re-painted eye with the change, so the identity motion stays pixel-exact; below
+        # EYE_REPAINT_FROM of it the mesh's own eye is as good (and the repaint costs ~0.5 ms).
+        blend = float(np.clip(max(shift / 1.0, change / 0.1), 0.0, 1.0))
+        if blend < EYE_REPAINT_FROM:
             return
-        grid = self._grid
-        origin = np.array([grid.x0, grid.y0], np.float32)
         pad = rig.iris_radius * head_scale + 2.0
-        x0, y0, x1, y1 = _box_around(opening_target - origin, pad, (0, 0, grid.width, grid.height))
+        x0, y0, x1, y1 = _box_around(opening_target - origin, pad, (0, 0, warped.shape[1], warped.shape[0]))
         if x1 - x0 < 2 or y1 - y0 < 2:
             return
-        background = cv2.remap(self._irisless_bgr, np.ascontiguousarray(backward[y0:y1, x0:x1]), None,
-                               cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        # The eyeball moves with the eye's corners, under the lids.
+        corners = list(eye.corners)
+        src, dst = as_complex(self._avatar_points[corners]), as_complex(points[corners])
+        m = (dst[1] - dst[0]) / (src[1] - src[0])
+        to_target = Similarity(complex(m), complex(dst[0] - m * src[0]))
+        place = Similarity(1.0 + 0j, complex(*rig.ball_origin)).then(to_target).then(
+            Similarity(1.0 + 0j, -complex(origin[0] + x0, origin[1] + y0)))
+        background = cv2.warpAffine(rig.ball_bgr, place.matrix(), (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_REPLICATE)
         iris, iris_alpha = self._placed_iris(rig, iris_target - origin - (x0, y0), head_scale, target.head,
                                              (x1 - x0, y1 - y0))
         eye_bgr = background + iris_alpha[..., None] * (iris - background)
@@ -482,17 +972,20 @@ class MeshAnimator(Animator):
         region = warped[y0:y1, x0:x1].astype(np.float32)
         warped[y0:y1, x0:x1] = (region + alpha * (eye_bgr - region) + 0.5).astype(np.uint8)
 
-    def _iris_in_eye(self, iris: np.ndarray, rig: _EyeRig, points: np.ndarray) -> np.ndarray:
+    def _iris_in_eye(self, iris: np.ndarray, rig: _EyeRig, points: np.ndarray, openness: float = 1.0) -> np.ndarray:
         """The iris target kept inside the eye: in the eye's own frame (corner to corner = 0..1) at
-        most IRIS_REACH from where the avatar's iris sits, so a tracking glitch cannot roll it out."""
+        most IRIS_REACH from where the avatar's iris sits, so a tracking glitch cannot roll it out.
+        Across the eye it moves only as far as the eye is open: a closing lid covers the iris, it
+        does not push it down (Face Mesh's iris point sinks with a closing lid; a painted iris
+        following it would keep the pupil in sight)."""
         corners = list(rig.indices.corners)
         src = as_complex(self._avatar_points[corners])
         dst = as_complex(points[corners])
         home = (complex(*rig.iris_centre) - src[0]) / (src[1] - src[0])
         u = (complex(float(iris[0]), float(iris[1])) - dst[0]) / (dst[1] - dst[0])
         reach_x, reach_y = IRIS_REACH
-        u = complex(np.clip(u.real, home.real - reach_x, home.real + reach_x),
-                    np.clip(u.imag, home.imag - reach_y, home.imag + reach_y))
+        across = np.clip(u.imag - home.imag, -reach_y, reach_y) * max(openness, 0.0)
+        u = complex(np.clip(u.real, home.real - reach_x, home.real + reach_x), home.imag + across)
         z = dst[0] + u * (dst[1] - dst[0])
         return np.array([z.real, z.imag], np.float32)
 
