@@ -1,7 +1,9 @@
 """The live app: the one place that knows the order of the stages and wires them together.
 
-Per frame: capture → face landmarks → smoothed square driving crop → calibration (neutral pose,
-find-best-frame) → engine → sinks (virtual camera, video file) → preview with HUD → hotkeys.
+Per frame: capture → face finder (detect, lock, landmarks on a crop, track) → smoothed square driving
+crop → calibration (neutral pose, find-best-frame) → engine → sinks (virtual camera, video file) →
+preview with HUD → hotkeys. Time-based stages run on the frame's media time (the file's own clock for
+a video file, the capture clock for a webcam); latency is measured from the capture timestamp.
 Input: `Settings` (from the command line). Output: frames on the sinks and, with --stats, the
 statistics JSON. `main` turns the errors a user can cause into one line on stderr and exit code 2.
 `animate_file` is the offline path: a photo animated by a driving video into an mp4.
@@ -27,7 +29,7 @@ from avatarify.datatypes import DrivingFrame
 from avatarify.engines.base import Animator, AnimatorError
 from avatarify.hotkeys import Controls, handle_key
 from avatarify.hud import HudInfo, compose_preview, hud_lines
-from avatarify.landmarks import FaceMeshDetector
+from avatarify.finder import FaceFinder
 from avatarify.sinks import PreviewWindow, Sink, SinkError, VideoFileSink, VirtualCameraSink, fit_to_canvas
 from avatarify.stats import Stats
 from avatarify.tracking import DrivingTracker, pose_distance
@@ -171,10 +173,10 @@ class LiveApp:
         self.stats = stats
         self.controls = Controls.from_settings(settings)
         self.controls.avatar_count = len(avatars)
-        self.detector = FaceMeshDetector(static=False)
+        self.finder = FaceFinder(settings.face_search_windows, settings.relock_after_s)
         with native_notices_silenced(not settings.verbose):
             # MediaPipe loads its models at the first detection: do it now, on a face, quietly.
-            self.detector.detect(avatars[0].crop_bgr)
+            self.finder.warm_up(avatars[0].crop_bgr)
         self.tracker = DrivingTracker(settings.size, settings.crop_margin, settings.box_min_cutoff,
                                       settings.box_beta, settings.min_face_visible, settings.face_lost_ease_s)
         self.avatar_index = -1
@@ -201,20 +203,23 @@ class LiveApp:
                 captured = next(frames, None)
             if captured is None:
                 break
-            self.step(captured.frame_bgr, captured.timestamp)
+            self.step(captured.frame_bgr, captured.timestamp, captured.time)
 
-    def step(self, frame_bgr: np.ndarray, timestamp: float) -> np.ndarray:
-        """One frame through every stage; returns what the sinks received."""
+    def step(self, frame_bgr: np.ndarray, timestamp: float, media_time: float | None = None) -> np.ndarray:
+        """One frame through every stage; returns what the sinks received. `timestamp` is the capture
+        time (perf_counter) latency runs from; `media_time` the clock of the time-based stages
+        (default: the capture time, as for a live camera)."""
         stage = self.stats.stage
+        media_time = timestamp if media_time is None else media_time
         self._follow_mirror()
         if self.controls.mirror:
             frame_bgr = cv2.flip(frame_bgr, 1)
         with stage("detect"):
-            landmarks = self.detector.detect(frame_bgr)
+            landmarks = self._find_face(frame_bgr, media_time)
         with stage("crop"):
             self.tracker.crop.zoom = self.controls.zoom
             self.tracker.crop.offset = self.controls.offset
-            driving = self.tracker.update(frame_bgr, landmarks, timestamp)
+            driving = self.tracker.update(frame_bgr, landmarks, media_time)
         self._calibrate(driving)
         with stage("animate"):
             output = self._animate(driving)
@@ -229,6 +234,21 @@ class LiveApp:
                 self._show_preview(frame_bgr, driving, output)
         self._apply_requests()
         return output
+
+    def _find_face(self, frame_bgr: np.ndarray, media_time: float):
+        """The locked person's landmarks; hotkey n moves the lock to the next face (a new neutral)."""
+        asked = self.controls.next_face
+        if asked:
+            self.controls.next_face = False
+            self.finder.request_next_face()
+        landmarks = self.finder.find(frame_bgr, media_time)
+        if self.finder.switched:
+            self.tracker.crop.reset()  # the box would glide across the frame to the other face
+            self.controls.calibrate = True  # another person: their own neutral pose
+        if asked:
+            self.controls.message = self.finder.message
+            log.info("%s", self.finder.message)
+        return landmarks
 
     def _animate(self, driving: DrivingFrame | None) -> np.ndarray:
         if driving is None or self.neutral is None:
@@ -271,6 +291,7 @@ class LiveApp:
         if self.controls.mirror != self._mirrored:
             # The picture flips, so the smoothed box would glide across the frame; start it afresh.
             self.tracker.crop.reset()
+            self.finder.reset()
             self._mirrored = self.controls.mirror
             self.controls.calibrate = True
 
@@ -352,7 +373,7 @@ class LiveApp:
             sink.close()
         if self.preview is not None:
             self.preview.close()
-        self.detector.close()
+        self.finder.close()
 
 
 # ---------------------------------------------------------------------------------------------
