@@ -6,6 +6,9 @@ preview with HUD → hotkeys. Time-based stages run on the frame's media time (t
 a video file, the capture clock for a webcam); latency is measured from the capture timestamp.
 Input: `Settings` (from the command line). Output: frames on the sinks and, with --stats, the
 statistics JSON. `main` turns the errors a user can cause into one line on stderr and exit code 2.
+Ctrl+C (SIGINT), SIGTERM and SIGHUP (a closed terminal, a service manager, logging out) all stop a run
+the same way: the output video is closed (playable to its last frame), --stats is written, camera and
+virtual camera are released, and the exit code is 128 + the signal number (130, 143, 129).
 `animate_file` is the offline path: a photo animated by a driving video into an mp4.
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -37,6 +41,7 @@ from avatarify.tracking import DrivingTracker, pose_distance
 log = logging.getLogger("avatarify")
 
 EXIT_USER_ERROR = 2
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # those this OS has are handled alike
 _MESSAGE_SECONDS = 2.5  # how long a hotkey's message stays on the HUD
 _USER_ERRORS = (AvatarError, CaptureError, AnimatorError, SinkError)
 
@@ -59,6 +64,48 @@ def native_notices_silenced(enabled: bool = True) -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+class StopSignal(KeyboardInterrupt):
+    """A stop asked for by a signal. A KeyboardInterrupt, so every place that ends cleanly on Ctrl+C
+    ends cleanly on SIGTERM and SIGHUP too; `exit_code` is the shell's convention, 128 + the number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While inside: SIGINT, SIGTERM and SIGHUP raise StopSignal in the main thread. The next signal,
+    while the run closes its files, is only logged, so the closing is not cut short; a third ends the
+    process at once (a close that hangs can still be escaped)."""
+    received: list[int] = []
+
+    def handler(signum: int, frame) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise StopSignal(signum)
+        if len(received) == 2:
+            log.warning("%s: already stopping, closing the output first (once more to quit at once)",
+                        signal.Signals(signum).name)
+            return
+        os._exit(128 + signum)
+
+    previous = {}
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            previous[number] = signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,7 +458,8 @@ def open_sinks(settings: Settings, fps: float) -> tuple[list[Sink], PreviewWindo
 
 
 def run(settings: Settings, stats: Stats | None = None) -> dict:
-    """Run the app until the source ends, --max-frames, q/Esc or Ctrl+C. Returns the stats summary."""
+    """Run the app until the source ends, --max-frames or q/Esc, and return the stats summary. A stop
+    (KeyboardInterrupt, StopSignal) closes the sinks and writes the stats, then is raised again."""
     stats = stats or Stats()
     engine_choice = choose_engine(settings)  # a missing checkpoint is reported before any slow step
     with native_notices_silenced(not settings.verbose):
@@ -419,21 +467,21 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
     log.info("%d avatar%s loaded", len(avatars), "" if len(avatars) == 1 else "s")
     source = open_frame_source(settings.camera, settings.max_frames, settings.capture_width,
                                settings.capture_height)
-    animator = None
+    stopped: KeyboardInterrupt | None = None
     try:
         animator = build_animator(settings, engine_choice)
         sinks, preview = open_sinks(settings, source.fps)
         app = LiveApp(settings, animator, avatars, source, sinks, preview, stats)
         try:
             app.run()
-        except KeyboardInterrupt:
-            log.info("stopped (Ctrl+C)")
+        except KeyboardInterrupt as stop:  # Ctrl+C, SIGTERM, SIGHUP: end as at the end of the video
+            stopped = stop
         finally:
-            app.close()
-        if app.faces_seen == 0:
+            app.close()  # first: the output file is finished and the virtual camera released
+        if app.faces_seen == 0 and stopped is None:
             log.warning("No face was found in any frame from %s; the avatar stayed still.", source.name)
     finally:
-        source.close()
+        _close_quietly(source)
     info = animator.backend_info()
     summary = stats.summary(animator.name, info, {
         "size": settings.size, "camera": str(settings.camera), "dropped_frames": source.dropped,
@@ -442,7 +490,18 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
              ", ".join(summary["providers"]))
     if settings.stats is not None:
         stats.write(settings.stats, animator.name, info, summary)
+    if stopped is not None:
+        raise stopped
     return summary
+
+
+def _close_quietly(source: VideoFileSource | LiveCamera) -> None:
+    """Release the camera or file. Its progress bar writes to stderr, which is gone after a SIGHUP
+    from a closed terminal; that must not stop the statistics from being written."""
+    try:
+        source.close()
+    except OSError as exc:
+        log.debug("closing %s: %s", source.name, exc)
 
 
 def animate_file(avatar: Path, driving: Path, output: Path, size: int = 256, engine: str = "auto",
@@ -479,11 +538,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     setup_logging(settings.verbose)
     try:
-        run(settings, stats)
+        with stop_on_signals():
+            run(settings, stats)
     except _USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:  # Ctrl+C while starting up; once running, the loop stops cleanly
-        print("stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl+C, SIGTERM, SIGHUP: the run has closed what it opened
+        _say(f"stopped ({stop})" if isinstance(stop, StopSignal) else "stopped")
+        return getattr(stop, "exit_code", 128 + signal.SIGINT)
     return 0
+
+
+def _say(line: str) -> None:
+    """A last line on stderr, if there still is one (not after a closed terminal's SIGHUP)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
