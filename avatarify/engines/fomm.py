@@ -3,6 +3,9 @@
 Inputs: avatar crop and driving crops as BGR uint8 (any square size). They are converted at the
 edges to RGB float NCHW 256×256 for the network; the prediction is resized back to `size`
 (256 or 512) as BGR uint8. Motion strength s = `strength` × `DrivingFrame.motion_scale`.
+The first avatar is also run through the whole network once: a prediction with NaN or infinity
+(weights that overflow, a precision the weights do not survive) ends in one AnimatorError naming the
+weights, instead of an avatar that animates to black frames.
 FOMM cannot separate head pose from expression, so every `region` is treated as "all".
 """
 from __future__ import annotations
@@ -48,10 +51,12 @@ class FommAnimator(Animator):
 
     name = "fomm"
 
-    def __init__(self, runner: FommRunner, size: int = 256) -> None:
+    def __init__(self, runner: FommRunner, size: int = 256, weights: str = "the FOMM weights") -> None:
         super().__init__(size)
         self.runner = runner
+        self.weights = weights  # what the first-prediction check names: the checkpoint or the export folder
         self._has_neutral = False
+        self._checked = False
 
     @classmethod
     def create(cls, backend: str, checkpoint: str | Path | None = None, onnx_dir: str | Path | None = None,
@@ -68,18 +73,30 @@ class FommAnimator(Animator):
                 raise AnimatorError("The torch backend needs --checkpoint PATH.")
             precision = precision or ("fp16" if fp16 else "fp32")
             return cls(TorchRunner(*load_fomm(checkpoint), device=device, precision=precision,
-                                   optimized=optimized), size)
+                                   optimized=optimized), size, str(checkpoint))
         if backend == "onnxruntime":
             if onnx_dir is None:
                 raise AnimatorError("The onnxruntime backend needs the folder written by `python -m export`.")
-            return cls(OnnxRuntimeRunner(onnx_dir, device=device, fp16=fp16), size)
+            return cls(OnnxRuntimeRunner(onnx_dir, device=device, fp16=fp16), size, f"the ONNX export in {onnx_dir}")
         raise AnimatorError(f"Unknown FOMM backend {backend!r}; use torch or onnxruntime.")
 
     def set_avatar(self, avatar_bgr: np.ndarray, landmarks: FaceLandmarks) -> None:
-        self.runner.prepare_source(bgr_to_network(avatar_bgr))
+        avatar = bgr_to_network(avatar_bgr)
+        self.runner.prepare_source(avatar)
         # Until a neutral is set, the avatar itself is the reference pose: animate stays usable.
-        self.runner.set_neutral(bgr_to_network(avatar_bgr))
+        self.runner.set_neutral(avatar)
         self._has_neutral = False
+        if not self._checked:
+            self._check_first_prediction(avatar)
+
+    def _check_first_prediction(self, avatar: np.ndarray) -> None:
+        """The avatar driven by itself: the first prediction must be finite (see the module docstring)."""
+        prediction = self.runner.animate(avatar, 1.0)
+        if not np.isfinite(prediction).all():
+            raise AnimatorError(f"{self.weights} gives NaN or infinite output for the first frame: the weights "
+                                f"are damaged or do not survive this precision; use the original checkpoint "
+                                f"(vox-adv-cpk.pth.tar) or --precision fp32.")
+        self._checked = True
 
     def set_neutral(self, driving: DrivingFrame) -> None:
         self.runner.set_neutral(bgr_to_network(driving.crop_bgr))
