@@ -155,6 +155,8 @@ class FaceDetector:
     ~160 px; the finder's tiles bring smaller faces to that size.
     """
 
+    INPUT_SIDE = 192  # px: the model's square input
+
     def __init__(self, min_confidence: float = 0.5) -> None:
         import mediapipe as mp
 
@@ -164,7 +166,14 @@ class FaceDetector:
     def detect(self, frame_bgr: np.ndarray, window: Window | None = None) -> list[FaceBox]:
         """Faces in `window` of the frame (boxes in frame pixels), best score first."""
         x0, y0, width, height = window or (0, 0, frame_bgr.shape[1], frame_bgr.shape[0])
-        rgb = cv2.cvtColor(frame_bgr[y0:y0 + height, x0:x0 + width], cv2.COLOR_BGR2RGB)
+        region = frame_bgr[y0:y0 + height, x0:x0 + width]
+        shrink = self.INPUT_SIDE / max(width, height)
+        if shrink < 1.0:
+            # The detector would sample the window down to its input without averaging, keeping the
+            # sensor noise at full strength; area averaging first is cheaper and finds noisy faces.
+            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+            region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+        rgb = cv2.cvtColor(region, cv2.COLOR_BGR2RGB)
         rgb.flags.writeable = False
         found = self._detector.process(rgb).detections or []
         boxes = []
