@@ -27,7 +27,12 @@ FUZZ = settings(derandomize=True, deadline=None, max_examples=30,
 FEW = settings(FUZZ, max_examples=6)
 
 
-def one_sentence(message: str, path: Path) -> None:
+def refused(error: type[Exception], load, path: Path, data: bytes) -> None:
+    """`data` written to `path` and loaded: `error`, with one sentence naming the file."""
+    path.write_bytes(data)
+    with pytest.raises(error) as raised:
+        load(path)
+    message = str(raised.value)
     assert "\n" not in message and str(path) in message, message
 
 
@@ -53,10 +58,7 @@ def clip_bytes(tmp_path_factory) -> bytes:
 
 
 def check_avatar(path: Path, data: bytes, mesh: FaceMeshDetector) -> None:
-    path.write_bytes(data)
-    with pytest.raises(AvatarError) as error:
-        load_avatar(path, 256, mesh)
-    one_sentence(str(error.value), path)
+    refused(AvatarError, lambda p: load_avatar(p, 256, mesh), path, data)
 
 
 @FUZZ
@@ -81,11 +83,7 @@ def test_whole_photos_are_not_cut_off(photo_files):
 @FUZZ
 @given(data=st.binary(max_size=4096))
 def test_random_bytes_as_a_checkpoint(tmp_path, data):
-    path = tmp_path / "random.pth.tar"
-    path.write_bytes(data)
-    with pytest.raises(CheckpointError) as error:
-        load_fomm(path)
-    one_sentence(str(error.value), path)
+    refused(CheckpointError, load_fomm, tmp_path / "random.pth.tar", data)
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +94,7 @@ def checkpoint_bytes(fomm_checkpoint) -> bytes:
 @FEW
 @given(share=st.floats(0.0, 0.999))
 def test_truncated_checkpoints(tmp_path, checkpoint_bytes, share):
-    path = tmp_path / "cut.pth.tar"
-    path.write_bytes(checkpoint_bytes[:int(len(checkpoint_bytes) * share)])
-    with pytest.raises(CheckpointError) as error:
-        load_fomm(path)
-    one_sentence(str(error.value), path)
+    refused(CheckpointError, load_fomm, tmp_path / "cut.pth.tar", checkpoint_bytes[:int(len(checkpoint_bytes) * share)])
 
 
 def read_video(path: Path) -> None:
@@ -115,21 +109,13 @@ def read_video(path: Path) -> None:
 @FUZZ
 @given(data=st.binary(max_size=4096))
 def test_random_bytes_as_a_video(tmp_path, data):
-    path = tmp_path / "random.mp4"
-    path.write_bytes(data)
-    with pytest.raises(CaptureError) as error:
-        read_video(path)
-    one_sentence(str(error.value), path)
+    refused(CaptureError, read_video, tmp_path / "random.mp4", data)
 
 
 @FUZZ
 @given(share=st.floats(0.0, 0.95))
 def test_truncated_videos(tmp_path, clip_bytes, share):
-    path = tmp_path / "cut.mp4"
-    path.write_bytes(clip_bytes[:int(len(clip_bytes) * share)])
-    with pytest.raises(CaptureError) as error:
-        read_video(path)
-    one_sentence(str(error.value), path)
+    refused(CaptureError, read_video, tmp_path / "cut.mp4", clip_bytes[:int(len(clip_bytes) * share)])
 
 
 # --- the same on the command line --------------------------------------------------------------------
