@@ -1,9 +1,10 @@
 """The live app: the one place that knows the order of the stages and wires them together.
 
 Per frame: capture → face finder (detect, lock, landmarks on a crop, track) → smoothed square driving
-crop → calibration (neutral pose, find-best-frame) → engine → sinks (virtual camera, video file) →
-preview with HUD → hotkeys. Time-based stages run on the frame's media time (the file's own clock for
-a video file, the capture clock for a webcam); latency is measured from the capture timestamp.
+crop → calibration (neutral pose, find-best-frame) → engine (the avatar picture animated at the
+camera's size) → sinks (virtual camera, video file: the same frame) → preview with HUD → hotkeys.
+Time-based stages run on the frame's media time (the file's own clock for a video file, the capture
+clock for a webcam); latency is measured from the capture timestamp.
 Input: `Settings` (from the command line). Output: frames on the sinks and, with --stats, the
 statistics JSON. `main` turns the errors a user can cause into one line on stderr and exit code 2.
 Ctrl+C (SIGINT), SIGTERM and SIGHUP (a closed terminal, a service manager, logging out) all stop a run
@@ -26,23 +27,26 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from avatarify.avatars import Avatar, AvatarError, load_avatars, write_demo_avatars
+from avatarify.avatars import Avatar, AvatarError, AvatarFraming, load_avatars, write_demo_avatars
 from avatarify.capture import CaptureError, LiveCamera, VideoFileSource, open_frame_source
-from avatarify.config import DEFAULT_AVATARS_DIR, Settings, find_default_checkpoint, parse_args
-from avatarify.datatypes import DrivingFrame
+from avatarify.compose import to_camera
+from avatarify.config import (DEFAULT_AVATARS_DIR, Settings, crop_size, find_default_checkpoint,
+                              parse_args)
+from avatarify.datatypes import DrivingFrame, FaceLandmarks
 from avatarify.engines.base import Animator, AnimatorError
 from avatarify.hotkeys import Controls, handle_key
 from avatarify.hud import HudInfo, compose_preview, hud_lines
 from avatarify.finder import FaceFinder
-from avatarify.sinks import PreviewWindow, Sink, SinkError, VideoFileSink, VirtualCameraSink, fit_to_canvas
+from avatarify.sinks import PreviewWindow, Sink, SinkError, VideoFileSink, VirtualCameraSink
 from avatarify.stats import Stats
-from avatarify.tracking import DrivingTracker, pose_distance
+from avatarify.tracking import DrivingTracker, crop_matrix, pose_distance, square_face_box
 
 log = logging.getLogger("avatarify")
 
 EXIT_USER_ERROR = 2
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # those this OS has are handled alike
 _MESSAGE_SECONDS = 2.5  # how long a hotkey's message stays on the HUD
+PREVIEW_HEIGHT = 360  # px: the preview shows the driving crop and the call frame at this height
 _USER_ERRORS = (AvatarError, CaptureError, AnimatorError, SinkError)
 
 
@@ -131,7 +135,7 @@ def choose_engine(settings: Settings) -> tuple[str, Path | None, str]:
 def _build_mesh(settings: Settings) -> Animator:
     from avatarify.engines.mesh import MeshAnimator
 
-    return MeshAnimator(settings.size)
+    return MeshAnimator()
 
 
 def _build_fomm(settings: Settings, checkpoint: Path) -> Animator:
@@ -156,7 +160,7 @@ def _build_fomm(settings: Settings, checkpoint: Path) -> Animator:
     try:
         if settings.backend == "torch":
             device = _torch_device(settings.device)
-            return FommAnimator.create("torch", checkpoint=checkpoint, device=device, size=settings.size,
+            return FommAnimator.create("torch", checkpoint=checkpoint, device=device,
                                        precision=_precision(settings.precision, device), optimized=True)
         if settings.precision == "bf16":
             raise AnimatorError("--precision bf16 runs only with --backend torch; use fp32 or fp16 here.")
@@ -168,9 +172,8 @@ def _build_fomm(settings: Settings, checkpoint: Path) -> Animator:
             from export.tensorrt_build import build_engines
 
             graphs = {name: onnx_dir / f"{name}.onnx" for name in ("fomm_keypoints", "fomm_source", "fomm_frame")}
-            return FommAnimator(TensorRTRunner(build_engines(graphs, onnx_dir, fp16=fp16)), settings.size)
-        return FommAnimator.create("onnxruntime", onnx_dir=onnx_dir, device=settings.device, size=settings.size,
-                                   fp16=fp16)
+            return FommAnimator(TensorRTRunner(build_engines(graphs, onnx_dir, fp16=fp16)), settings.crop_margin)
+        return FommAnimator.create("onnxruntime", onnx_dir=onnx_dir, device=settings.device, fp16=fp16)
     except (CheckpointError, ExportError, RunnerError, TensorRTUnavailable) as exc:
         raise AnimatorError(str(exc)) from None
 
@@ -223,8 +226,8 @@ class LiveApp:
         self.finder = FaceFinder(settings.face_search_windows, settings.relock_after_s)
         with native_notices_silenced(not settings.verbose):
             # MediaPipe loads its models at the first detection: do it now, on a face, quietly.
-            self.finder.warm_up(avatars[0].crop_bgr)
-        self.tracker = DrivingTracker(settings.size, settings.crop_margin, settings.box_min_cutoff,
+            self.finder.warm_up(avatars[0].image_bgr)
+        self.tracker = DrivingTracker(crop_size(settings), settings.crop_margin, settings.box_min_cutoff,
                                       settings.box_beta, settings.min_face_visible, settings.face_lost_ease_s)
         self.avatar_index = -1
         self.neutral: DrivingFrame | None = None
@@ -235,6 +238,7 @@ class LiveApp:
         self._mirrored = self.controls.mirror
         self._message_until = 0.0
         self._shown_message = ""
+        self._overlay_points: np.ndarray | None = None  # the avatar's landmarks in driving-crop px
         self._select_avatar(0)
 
     @property
@@ -272,6 +276,7 @@ class LiveApp:
             output = self._animate(driving)
         if self.controls.passthrough:
             output = frame_bgr
+        output = self._camera_frame(output)
         self.stats.frame_done(timestamp)  # latency ends when the frame is handed to the sinks
         with stage("sinks"):
             for sink in self.sinks:
@@ -282,7 +287,7 @@ class LiveApp:
         self._apply_requests()
         return output
 
-    def _find_face(self, frame_bgr: np.ndarray, media_time: float):
+    def _find_face(self, frame_bgr: np.ndarray, media_time: float) -> FaceLandmarks | None:
         """The locked person's landmarks; hotkey n moves the lock to the next face (a new neutral)."""
         asked = self.controls.next_face
         if asked:
@@ -297,9 +302,15 @@ class LiveApp:
             log.info("%s", self.finder.message)
         return landmarks
 
+    def _camera_frame(self, picture_bgr: np.ndarray) -> np.ndarray:
+        """What the virtual camera and --output get: the camera size; the call framing already is,
+        the crop framing is padded as before, the camera (passthrough) is cut to fill it."""
+        crop = self.settings.framing == "crop" and not self.controls.passthrough
+        return to_camera(picture_bgr, self.settings.cam_width, self.settings.cam_height, pad=crop)
+
     def _animate(self, driving: DrivingFrame | None) -> np.ndarray:
         if driving is None or self.neutral is None:
-            return self.avatar.crop_bgr  # no face yet: the avatar waits, still
+            return self.avatar.image_bgr  # no face yet: the avatar waits, still
         self.animator.strength = self.controls.strength
         self.animator.region = self.controls.region
         try:
@@ -308,7 +319,7 @@ class LiveApp:
             if self.controls.message != str(exc):
                 self.controls.message = str(exc)
                 log.warning("%s", exc)
-            return self.avatar.crop_bgr
+            return self.avatar.image_bgr
 
     def _calibrate(self, driving: DrivingFrame | None) -> None:
         """First face → neutral; `c` → the next face is the neutral; find-best keeps the best match."""
@@ -355,7 +366,11 @@ class LiveApp:
         self.avatar_index = index
         self.controls.avatar_index = index
         avatar = self.avatar
-        self.animator.set_avatar(avatar.crop_bgr, avatar.landmarks)
+        self.animator.set_avatar(avatar.image_bgr, avatar.landmarks)
+        # The overlay hotkey draws the avatar's face where the driving crop frames the driver's.
+        size = crop_size(self.settings)
+        to_crop = crop_matrix(square_face_box(avatar.landmarks, self.settings.crop_margin), size)
+        self._overlay_points = avatar.landmarks.transformed(to_crop, (size, size)).points
         if self.neutral is not None:
             self.animator.set_neutral(self.neutral)
         self.best_score = math.inf  # the best match depends on the avatar's pose
@@ -364,7 +379,7 @@ class LiveApp:
     def _reload_avatars(self) -> None:
         current = self.avatar.path
         try:
-            avatars = load_avatars(self.settings.avatar, self.settings.size, self.settings.crop_margin)
+            avatars = load_avatars(self.settings.avatar, avatar_framing(self.settings))
         except AvatarError as exc:
             self.controls.message = f"reload failed: {exc}"
             log.warning("%s", self.controls.message)
@@ -378,15 +393,14 @@ class LiveApp:
     # --- preview ----------------------------------------------------------------------------------
 
     def _show_preview(self, frame_bgr: np.ndarray, driving: DrivingFrame | None, output: np.ndarray) -> None:
-        size = self.settings.size
+        size = crop_size(self.settings)
         if driving is not None:
             driving_bgr = driving.crop_bgr
         else:
-            driving_bgr = fit_to_canvas(frame_bgr, size, size)
-        overlay = self.avatar.landmarks.points if self.controls.overlay else None
-        output_bgr = output if output.shape[:2] == (size, size) else fit_to_canvas(output, size, size)
+            driving_bgr = to_camera(frame_bgr, size, size, pad=True)
+        overlay = self._overlay_points if self.controls.overlay else None
         hud = hud_lines(self._hud_info()) if self.controls.hud else None
-        key = self.preview.show(compose_preview(driving_bgr, output_bgr, hud, overlay))
+        key = self.preview.show(compose_preview(driving_bgr, output, hud, overlay, PREVIEW_HEIGHT))
         if handle_key(key, self.controls) is not None:
             log.info("%s", self.controls.message)
         if self.preview.closed_by_user():
@@ -436,12 +450,17 @@ def _avatar_paths(settings: Settings) -> list[Path]:
     return settings.avatar
 
 
+def avatar_framing(settings: Settings) -> AvatarFraming:
+    return AvatarFraming(settings.framing, settings.cam_width, settings.cam_height, crop_size(settings),
+                         settings.crop_margin)
+
+
 def open_sinks(settings: Settings, fps: float) -> tuple[list[Sink], PreviewWindow | None]:
     """The sinks asked for. A missing virtual camera or display is reported and skipped; an
     unwritable --output file is an error (the user asked for exactly that file)."""
     sinks: list[Sink] = []
     if settings.output is not None:
-        sinks.append(VideoFileSink(settings.output, fps, settings.size, settings.size))
+        sinks.append(VideoFileSink(settings.output, fps, settings.cam_width, settings.cam_height))
     if settings.virtual_cam:
         try:
             sinks.append(VirtualCameraSink(settings.cam_width, settings.cam_height, settings.cam_fps,
@@ -462,8 +481,12 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
     (KeyboardInterrupt, StopSignal) closes the sinks and writes the stats, then is raised again."""
     stats = stats or Stats()
     engine_choice = choose_engine(settings)  # a missing checkpoint is reported before any slow step
+    if settings.size is not None and settings.framing == "call":
+        log.warning("--size only sets the square output of --framing crop; with --framing call the "
+                    "output is --cam-width x --cam-height (%dx%d) and --size is ignored.",
+                    settings.cam_width, settings.cam_height)
     with native_notices_silenced(not settings.verbose):
-        avatars = load_avatars(_avatar_paths(settings), settings.size, settings.crop_margin)
+        avatars = load_avatars(_avatar_paths(settings), avatar_framing(settings))
     log.info("%d avatar%s loaded", len(avatars), "" if len(avatars) == 1 else "s")
     source = open_frame_source(settings.camera, settings.max_frames, settings.capture_width,
                                settings.capture_height)
@@ -484,7 +507,9 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
         _close_quietly(source)
     info = animator.backend_info()
     summary = stats.summary(animator.name, info, {
-        "size": settings.size, "camera": str(settings.camera), "dropped_frames": source.dropped,
+        "size": crop_size(settings), "framing": settings.framing,
+        "output_size": [settings.cam_width, settings.cam_height], "camera": str(settings.camera),
+        "dropped_frames": source.dropped,
         "avatars": len(avatars)})
     log.info("%d frames, %.1f fps, engine %s on %s", summary["frames"], summary["fps"], animator.name,
              ", ".join(summary["providers"]))
@@ -504,14 +529,16 @@ def _close_quietly(source: VideoFileSource | LiveCamera) -> None:
         log.debug("closing %s: %s", source.name, exc)
 
 
-def animate_file(avatar: Path, driving: Path, output: Path, size: int = 256, engine: str = "auto",
+def animate_file(avatar: Path, driving: Path, output: Path, engine: str = "auto",
                  checkpoint: Path | None = None, max_frames: int | None = None,
-                 stats_path: Path | None = None) -> dict:
+                 stats_path: Path | None = None, width: int = 1280, height: int = 720,
+                 framing: str = "call") -> dict:
     """The offline path: animate `avatar` with every frame of the `driving` video into `output`
-    (an mp4 at engine size), with a progress bar. Same stages as live, without camera or windows."""
-    settings = Settings(avatar=[Path(avatar)], camera=Path(driving), output=Path(output), size=size,
-                        engine=engine, checkpoint=checkpoint, virtual_cam=False, preview=False,
-                        max_frames=max_frames, stats=stats_path)
+    (an mp4 of width x height, as the virtual camera would get it), with a progress bar. Same
+    stages as live, without camera or windows."""
+    settings = Settings(avatar=[Path(avatar)], camera=Path(driving), output=Path(output), engine=engine,
+                        checkpoint=checkpoint, virtual_cam=False, preview=False, max_frames=max_frames,
+                        stats=stats_path, cam_width=width, cam_height=height, framing=framing)
     return run(settings)
 
 

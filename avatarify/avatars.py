@@ -1,9 +1,11 @@
-"""Avatar photos: find them, validate them, crop them around the face for the engine.
+"""Avatar photos: find them, validate them, frame them for the call.
 
-Input: files and folders of jpg/png/webp photos and the engine size. Output: `Avatar`s — the square
-crop around the one face (the same box rule as the driving crop, so both are framed alike), resized
-to the engine size, with the face's landmarks in crop pixels. A photo that cannot be used (not an
-image, too small, no face, several faces) gives one message naming the file; the others still load.
+Input: files and folders of jpg/png/webp photos and an `AvatarFraming` (camera size, framing mode).
+Output: `Avatar`s — the picture the call shows at rest (compose.frame_photo: the photo at full
+resolution filling the camera frame around the one face; or, with framing "crop", the square face
+crop of the driving crop's box rule), with the face's landmarks in that picture's pixels. A photo
+that cannot be used (not an image, too small, no face, several faces) gives one message naming the
+file; the others still load.
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from avatarify.compose import crop_photo, frame_photo
 from avatarify.datatypes import FaceLandmarks
 from avatarify.landmarks import FaceMeshDetector
-from avatarify.tracking import crop_square, square_face_box
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +32,25 @@ class AvatarError(ValueError):
     """An avatar photo cannot be used (message is one clear sentence naming the file)."""
 
 
+@dataclass(frozen=True)
+class AvatarFraming:
+    """How avatar photos are framed: "call" (camera-size picture) or "crop" (square face crop)."""
+
+    mode: str = "call"
+    width: int = 1280  # camera frame, for "call"
+    height: int = 720
+    crop_size: int = 256  # for "crop"
+    margin: float = 0.3  # the face box rule's margin, for "crop" (and the engines' own crops)
+
+
 @dataclass
 class Avatar:
     name: str
     path: Path
-    crop_bgr: np.ndarray  # (size, size, 3) uint8, the face framed like the driving crop
-    landmarks: FaceLandmarks  # in crop pixels
+    image_bgr: np.ndarray  # uint8, the picture the call shows at rest (camera size, or the crop)
+    landmarks: FaceLandmarks  # in image_bgr pixels
+    photo_size: tuple[int, int]  # (width, height) of the photo it was cut from
+    filled_share: float = 0.0  # share of image_bgr filled beyond the photo's edge
 
 
 def find_avatar_files(paths: list[Path]) -> list[Path]:
@@ -102,16 +117,20 @@ def face_of(image_bgr: np.ndarray, path: Path, detector: FaceMeshDetector) -> Fa
     return face
 
 
-def load_avatar(path: Path, size: int, detector: FaceMeshDetector, margin: float = 0.3) -> Avatar:
-    """One validated avatar cropped around its face; AvatarError if the photo cannot be used."""
+def load_avatar(path: Path, framing: AvatarFraming, detector: FaceMeshDetector) -> Avatar:
+    """One validated avatar framed for the call; AvatarError if the photo cannot be used."""
     path = Path(path)
     image = read_image(path)
     face = face_of(image, path, detector)
-    crop_bgr, matrix = crop_square(image, square_face_box(face, margin), size)
-    return Avatar(path.stem, path, crop_bgr, face.transformed(matrix, (size, size)))
+    if framing.mode == "crop":
+        framed = crop_photo(image, face, framing.crop_size, framing.margin)
+    else:
+        framed = frame_photo(image, face, framing.width, framing.height)
+    return Avatar(path.stem, path, framed.image_bgr, framed.landmarks, (image.shape[1], image.shape[0]),
+                  framed.filled_share)
 
 
-def load_avatars(paths: list[Path], size: int, margin: float = 0.3) -> list[Avatar]:
+def load_avatars(paths: list[Path], framing: AvatarFraming = AvatarFraming()) -> list[Avatar]:
     """Every usable avatar under `paths`; unusable ones are reported one line each and skipped.
 
     Raises AvatarError when none is usable, with the fix for an empty or missing avatars folder.
@@ -126,7 +145,7 @@ def load_avatars(paths: list[Path], size: int, margin: float = 0.3) -> list[Avat
     with FaceMeshDetector(static=True, max_faces=2) as detector:
         for path in files:
             try:
-                avatars.append(load_avatar(path, size, detector, margin))
+                avatars.append(load_avatar(path, framing, detector))
             except AvatarError as exc:
                 problems.append(str(exc))
     if not avatars:

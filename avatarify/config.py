@@ -23,6 +23,8 @@ BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SIZES = (256, 512)
+FRAMINGS = ("call", "crop")
+DEFAULT_CROP_SIZE = 256
 
 
 def _knob(default, help: str, **kwargs):
@@ -54,14 +56,19 @@ class Settings:
     precision: str = _knob("auto", "FOMM arithmetic: auto is fp16 on a GPU and fp32 on the CPU; bf16 "
                                    "(torch backend) is 1.8-4x faster than fp32 on CPUs with AVX-512 "
                                    "bf16 or AMX, close but not exact")
-    size: int = _knob(256, "engine resolution (square side in pixels)")
+    size: int | None = _knob(None, "side of the square output with --framing crop (256 or 512; default "
+                                   "256); with --framing call the output is the camera size and this is "
+                                   "ignored (FOMM's network always runs at 256)")
     cache_dir: Path = _knob(DEFAULT_CACHE_DIR, "where exported ONNX / TensorRT files are cached "
                                                "(keyed by the checkpoint's hash)")
     # --- outputs --------------------------------------------------------------------------------
-    output: Path | None = _knob(None, "also write the animated avatar to this .mp4 file")
+    framing: str = _knob("call", "what the call sees: call = the avatar photo at full resolution filling "
+                                 "the camera frame around the face (only the face moves); crop = the "
+                                 "square face crop of --size, padded to the camera size")
+    output: Path | None = _knob(None, "also record to this .mp4 file exactly what the virtual camera gets")
     virtual_cam: bool = _knob(True, "send the avatar to a virtual camera (v4l2loopback / OBS)")
-    cam_width: int = _knob(1280, "virtual camera frame width; the avatar is scaled and padded")
-    cam_height: int = _knob(720, "virtual camera frame height")
+    cam_width: int = _knob(1280, "camera frame width: what the virtual camera and --output get")
+    cam_height: int = _knob(720, "camera frame height")
     cam_fps: float = _knob(30.0, "frame rate announced to the virtual camera")
     virtual_cam_backend: str | None = _knob(None, "pyvirtualcam backend (v4l2loopback, obs, "
                                                   "unitycapture); default: the first that works")
@@ -106,6 +113,7 @@ _FLAGS: dict[str, dict] = {
     "device": {"choices": DEVICES},
     "precision": {"choices": PRECISIONS},
     "size": {"type": int, "choices": SIZES},
+    "framing": {"choices": FRAMINGS},
     "cache_dir": {"type": Path, "metavar": "DIR"},
     "output": {"type": Path, "metavar": "FILE.mp4"},
     "virtual_cam": {"action": argparse.BooleanOptionalAction},
@@ -165,6 +173,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     if values["cam_width"] < 16 or values["cam_height"] < 16:
         parser.error("--cam-width and --cam-height must be at least 16 pixels")
     return Settings(**values)
+
+
+def crop_size(settings: Settings) -> int:
+    """The square side of the driving crop and of the --framing crop output."""
+    return settings.size or DEFAULT_CROP_SIZE
 
 
 def find_default_checkpoint() -> Path | None:

@@ -59,18 +59,25 @@ def draw_landmarks(image_bgr: np.ndarray, points: np.ndarray, color=_OVERLAY_COL
         cv2.circle(image_bgr, (int(x), int(y)), 1, color, -1, cv2.LINE_AA)
 
 
+def _at_height(image_bgr: np.ndarray, height: int) -> np.ndarray:
+    """`image_bgr` scaled to `height` (aspect kept); a copy either way, as it is drawn on."""
+    if image_bgr.shape[0] == height:
+        return image_bgr.copy()
+    width = max(1, round(image_bgr.shape[1] * height / image_bgr.shape[0]))
+    interpolation = cv2.INTER_AREA if image_bgr.shape[0] > height else cv2.INTER_LINEAR
+    return cv2.resize(image_bgr, (width, height), interpolation=interpolation)
+
+
 def compose_preview(driving_bgr: np.ndarray, output_bgr: np.ndarray, hud: list[str] | None,
-                    overlay_points: np.ndarray | None = None) -> np.ndarray:
-    """[driving | output] side by side at the output's height, HUD over the driving half."""
-    height = output_bgr.shape[0]
-    if driving_bgr.shape[0] != height:
-        width = round(driving_bgr.shape[1] * height / driving_bgr.shape[0])
-        driving_bgr = cv2.resize(driving_bgr, (width, height), interpolation=cv2.INTER_AREA)
-    else:
-        driving_bgr = driving_bgr.copy()  # drawn on below; the engine's input must stay clean
+                    overlay_points: np.ndarray | None = None, height: int | None = None) -> np.ndarray:
+    """[driving | output] side by side at `height` (default: the output's), HUD over the driving
+    half. `overlay_points` are in the driving picture's pixels."""
+    height = height or output_bgr.shape[0]
+    scale = height / driving_bgr.shape[0]
+    driving_bgr = _at_height(driving_bgr, height)  # drawn on below; the engine's input stays clean
     if overlay_points is not None:
-        draw_landmarks(driving_bgr, overlay_points)
-    preview = np.hstack([driving_bgr, output_bgr])
+        draw_landmarks(driving_bgr, np.asarray(overlay_points) * scale)
+    preview = np.hstack([driving_bgr, _at_height(output_bgr, height)])
     if hud:
         draw_text_block(preview, hud)
     return preview

@@ -58,6 +58,12 @@ OUTER_LIPS = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 31
 MOUTH_INNER_TOP, MOUTH_INNER_BOTTOM = 13, 14
 MOUTH_CORNERS = (78, 308)
 FACE_SIDES = (234, 454)  # the face oval at ear level, image left and right: the face's width
+FOREHEAD, CHIN = 10, 152  # the face oval's top (upper forehead) and bottom
+
+HEAD_SCALE = 1.25  # the head outline: face oval pushed out by 25% from the face centre
+# ... and its top lifted by this share of the face height: the skull's vertex is about a third of the
+# face height above Face Mesh's top (landmark 10, upper forehead), and 1.25 already covers 1/8.
+SKULL_LIFT = 0.2
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,22 @@ EYES = (
                473, (474, 475, 476, 477)),  # image right
 )
 IRIS_POINTS = tuple(range(NUM_MESH_POINTS, NUM_LANDMARKS))
+
+
+def head_outline(points: np.ndarray) -> np.ndarray:
+    """The outline of the whole head (float64 (36, 2), along FACE_OVAL): the face oval pushed out
+    from its centre (hair at the temples, ears), its upper half stretched up into the dome of the
+    skull, which Face Mesh (it stops at the upper forehead) does not cover; hair and headwear sit
+    on it. The mesh engine moves it with the head; paste-back masks use it as the head's extent."""
+    mesh = np.asarray(points, dtype=np.float64)[:NUM_MESH_POINTS]
+    oval = mesh[list(FACE_OVAL)]
+    centre = oval.mean(axis=0)
+    ring = centre + (oval - centre) * HEAD_SCALE
+    up = mesh[FOREHEAD] - mesh[CHIN]
+    height = float(np.linalg.norm(up))
+    up /= max(height, 1e-6)
+    rise = np.maximum((oval - centre) @ up, 0.0)
+    return ring + (SKULL_LIFT * height * rise / max(float(rise.max()), 1e-6))[:, None] * up
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Where animated frames go: a virtual camera, the preview window, an mp4 file.
 
-Input: BGR uint8 frames of any size (the avatar at engine size, or the camera frame in
-passthrough). Each sink scales and pads frames to its own frame size, keeping the aspect ratio.
+Input: BGR uint8 frames of the camera size (the app composes them: compose.py). A frame of another
+size is scaled to fit and padded, keeping its aspect ratio.
 Output: the virtual camera device (pyvirtualcam: v4l2loopback on Linux, OBS on Windows/macOS),
 an OpenCV window (which also reads the hotkeys), or a video file.
 A sink that cannot start raises SinkError with one line saying how to fix it; the app decides
@@ -20,6 +20,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from avatarify.compose import to_camera
+
 log = logging.getLogger(__name__)
 
 KEY_NONE = -1
@@ -33,23 +35,6 @@ class Sink(Protocol):
     def send(self, frame_bgr: np.ndarray) -> None: ...
 
     def close(self) -> None: ...
-
-
-def fit_to_canvas(frame_bgr: np.ndarray, width: int, height: int) -> np.ndarray:
-    """`frame_bgr` scaled to fit (width, height) with its aspect ratio kept, centred on black."""
-    frame_h, frame_w = frame_bgr.shape[:2]
-    if (frame_w, frame_h) == (width, height):
-        return frame_bgr
-    scale = min(width / frame_w, height / frame_h)
-    new_w, new_h = max(1, round(frame_w * scale)), max(1, round(frame_h * scale))
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(frame_bgr, (new_w, new_h), interpolation=interpolation)
-    if (new_w, new_h) == (width, height):
-        return resized
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    x, y = (width - new_w) // 2, (height - new_h) // 2
-    canvas[y:y + new_h, x:x + new_w] = resized
-    return canvas
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,8 +56,7 @@ def virtual_camera_fix() -> str:
 class VirtualCameraSink:
     """Frames to a virtual camera that video-call apps list as a webcam.
 
-    Output frames are (height, width) — 1280x720 by default, what call apps expect of a webcam —
-    with the avatar scaled to fit and padded with black.
+    Output frames are (height, width) — 1280x720 by default, what call apps expect of a webcam.
     """
 
     def __init__(self, width: int = 1280, height: int = 720, fps: float = 30.0,
@@ -93,7 +77,7 @@ class VirtualCameraSink:
         log.info("virtual camera: %s (%s, %dx%d)", self.device, self._camera.backend, width, height)
 
     def send(self, frame_bgr: np.ndarray) -> None:
-        self._camera.send(np.ascontiguousarray(fit_to_canvas(frame_bgr, self.width, self.height)))
+        self._camera.send(np.ascontiguousarray(to_camera(frame_bgr, self.width, self.height, pad=True)))
 
     def close(self) -> None:
         self._camera.close()
@@ -117,7 +101,7 @@ class VideoFileSink:
         self.frames = 0
 
     def send(self, frame_bgr: np.ndarray) -> None:
-        self._writer.write(fit_to_canvas(frame_bgr, self.width, self.height))
+        self._writer.write(to_camera(frame_bgr, self.width, self.height, pad=True))
         self.frames += 1
 
     def close(self) -> None:

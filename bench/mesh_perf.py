@@ -92,7 +92,7 @@ def time_size(size: int, frames: int, warmup: int, passes: int) -> SizeResult:
     """Run the per-frame pipeline over the clip `passes` times; the first `warmup` frames are untimed."""
     clip, _ = make_clip(DRIVER, "mixed", frames, size)
     avatar_bgr, avatar_landmarks = avatar_of(AVATAR, size)
-    engine = MeshAnimator(size)
+    engine = MeshAnimator()
     engine.set_avatar(avatar_bgr, avatar_landmarks)
     result = SizeResult(size, frames=clip)
     clock = time.perf_counter
@@ -125,7 +125,7 @@ def accuracy(size: int) -> dict:
     out = {}
     for photo in (AVATAR, DRIVER):
         avatar_bgr, landmarks = avatar_of(photo, size)
-        engine = MeshAnimator(size)
+        engine = MeshAnimator()
         engine.set_avatar(avatar_bgr, landmarks)
         error = engine.landing_error(synthetic_target(landmarks.points, size))
         engine.set_neutral(DrivingFrame(avatar_bgr, landmarks, 0.0))
@@ -167,7 +167,7 @@ def feature_sheet(size: int = 256, frames: int = 36, zoom: int = 2) -> np.ndarra
                       else truth_series(truth, key))
             pick = int(extreme(values))
             avatar_bgr, avatar_landmarks = avatar_of(avatar, size)
-            engine = MeshAnimator(size)
+            engine = MeshAnimator()
             engine.set_avatar(avatar_bgr, avatar_landmarks)
             driving = driving_frames(clip, track_landmarks(clip))
             engine.set_neutral(driving[0])

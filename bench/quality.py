@@ -2,7 +2,9 @@
 
 Input: an engine (MeshAnimator by default, any Animator works) and the clips of bench/clips.py.
 Output: DIR/quality.json (each measure next to its goal and a pass flag, plus per-case details) and
-DIR/quality_sheet.png (driver | avatar | output rows at several time points).
+DIR/quality_sheet.png (driver | avatar | output rows at several time points); the call picture at the
+camera's resolution (bench/call_quality.py: detail, far pixels, seam, for both engines) adds the
+"call_picture" section and DIR/call_sheet.png.
 
 The engine is driven the way the live app drives it: avatar = a neutral face crop with its static-mode
 landmarks; neutral = driving frame 0; then per frame DrivingFrame(crop_bgr=clip frame,
@@ -383,12 +385,14 @@ def mesh_engine(size: int, smoothing: bool) -> Animator:
     from avatarify.engines.mesh import MeshAnimator
     from avatarify.motion import MotionSettings
 
-    return MeshAnimator(size=size, motion=MotionSettings(smoothing=smoothing))
+    return MeshAnimator(motion=MotionSettings(smoothing=smoothing))
 
 
 def run_bench(out_dir: Path, engine_factory: EngineFactory = mesh_engine, frames: int = 90,
-              size: int = 256, fps: float = 30.0) -> dict:
+              size: int = 256, fps: float = 30.0, call_picture: bool = True) -> dict:
     """Measure, then write out_dir/quality.json and out_dir/quality_sheet.png; returns the JSON dict."""
+    from bench.call_quality import run_call_quality
+
     start = time.perf_counter()
     bench = QualityBench(engine_factory, size, frames, fps)
     measures = bench.measure_all()
@@ -403,8 +407,11 @@ def run_bench(out_dir: Path, engine_factory: EngineFactory = mesh_engine, frames
         "all_pass": all(measure.passed for measure in measures.values()),
         "details": bench.details,
         "animate_ms_per_frame": bench.animate_ms(),
-        "bench_s": round(time.perf_counter() - start, 1),
     }
+    if call_picture:
+        result["call_picture"] = run_call_quality(out_dir, min(frames, 60))
+        result["all_pass"] = result["all_pass"] and result["call_picture"]["all_pass"]
+    result["bench_s"] = round(time.perf_counter() - start, 1)
     write_json(out_dir / "quality.json", result)
     write_png(out_dir / "quality_sheet.png", contact_sheet(sheet_runs))
     return result
@@ -416,12 +423,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="short clips (36 frames) for a quick look")
     parser.add_argument("--frames", type=int, default=None, help="frames per clip (default 90, small 36)")
     parser.add_argument("--size", type=int, default=256, choices=(256, 512))
+    parser.add_argument("--no-call-picture", action="store_true", help="skip the 1280x720 call-picture measures")
     args = parser.parse_args(argv)
     setup_cli_logging()
-    result = run_bench(args.out, frames=args.frames or (36 if args.small else 90), size=args.size)
+    result = run_bench(args.out, frames=args.frames or (36 if args.small else 90), size=args.size,
+                       call_picture=not args.no_call_picture)
     for key, value in result.items():
         if isinstance(value, dict) and "goal" in value:
             print(f"{key:14s} {value['value']:>9.4f}  goal {value['goal']:<8s} {'PASS' if value['pass'] else 'FAIL'}")
+    for name, engine in result.get("call_picture", {}).get("engines", {}).items():
+        for key, value in engine.items():
+            if isinstance(value, dict):
+                print(f"call {name:5s} {key:13s} {value['value']!s:>9}  goal {value['goal']:<7s} "
+                      f"{'PASS' if value['pass'] else 'FAIL'}")
     print(f"all pass: {result['all_pass']}   ({result['bench_s']} s)   {args.out / 'quality.json'}")
     return 0
 

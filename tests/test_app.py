@@ -14,6 +14,7 @@ import pytest
 from avatarify.app import LiveApp, choose_engine
 from avatarify.avatars import load_avatars
 from avatarify.capture import iter_video_frames
+from avatarify.compose import to_camera
 from avatarify.config import Settings, build_parser
 from avatarify.engines.base import Animator, AnimatorError
 from avatarify.hotkeys import handle_key
@@ -30,8 +31,8 @@ class RecordingAnimator(Animator):
 
     name = "recording"
 
-    def __init__(self, size: int = 256) -> None:
-        super().__init__(size)
+    def __init__(self) -> None:
+        super().__init__()
         self.avatars: list[np.ndarray] = []
         self.neutrals: list = []
         self.calls: list[tuple[float, float, str]] = []  # (motion_scale, strength, region)
@@ -67,7 +68,7 @@ def photos(tmp_path_factory, astronaut_bgr, grace_hopper_bgr) -> Path:
 
 @pytest.fixture(scope="module")
 def avatars(photos):
-    return load_avatars([photos / "1_hopper.jpg", photos / "2_astronaut.png"], size=256)
+    return load_avatars([photos / "1_hopper.jpg", photos / "2_astronaut.png"])
 
 
 @pytest.fixture
@@ -99,8 +100,8 @@ def test_clip_to_mp4_end_to_end_with_stats(clip, photos, tmp_path):
     assert "engine: mesh" in result.stderr
 
     frames = [f.frame_bgr for f in iter_video_frames(out, progress=False)]
-    assert len(frames) == CLIP_FRAMES and frames[0].shape == (256, 256, 3)
-    face = (slice(64, 192), slice(64, 192))  # the avatar crop puts the face in the middle
+    assert len(frames) == CLIP_FRAMES and frames[0].shape == (720, 1280, 3)  # the camera size
+    face = (slice(150, 420), slice(520, 760))  # the call framing puts the face in the middle, upper half
     output_change = np.array([np.abs(f[face].astype(float) - frames[0][face]).mean() for f in frames])
     driver_change = np.array([np.abs(f.astype(float) - driving_frames[0]).mean() for f in driving_frames])
     assert output_change.max() > 2.0  # the face moves...
@@ -133,7 +134,7 @@ def test_fomm_engine_end_to_end_reuses_the_cached_export(clip, photos, fomm_chec
     assert stats["engine"] == "fomm" and stats["frames"] == 3
     assert stats["providers"] == ["CPUExecutionProvider"]  # what the session really runs on
     frames = [f.frame_bgr for f in iter_video_frames(out, progress=False)]
-    assert len(frames) == 3 and frames[0].shape == (256, 256, 3)
+    assert len(frames) == 3 and frames[0].shape == (720, 1280, 3)
     assert all(f.std() > 5 for f in frames)  # a picture, not a blank frame
 
 
@@ -262,7 +263,7 @@ def test_face_lost_eases_motion_to_zero_then_resumes(app, clip):
 def test_no_face_yet_shows_the_still_avatar(app, avatars):
     blank = np.full((256, 256, 3), 90, np.uint8)
     outputs = drive(app, [blank] * 3)
-    assert not app.animator.calls and all(o is avatars[0].crop_bgr for o in outputs)
+    assert not app.animator.calls and all(o is avatars[0].image_bgr for o in outputs)
 
 
 def test_strength_region_passthrough_and_avatar_keys_reach_the_engine(app, clip, avatars):
@@ -276,12 +277,12 @@ def test_strength_region_passthrough_and_avatar_keys_reach_the_engine(app, clip,
     neutrals_before = len(app.animator.neutrals)
     handle_key(ord("2"), app.controls)
     drive(app, frames[3:5], start=2.0)
-    assert app.animator.avatars[-1] is avatars[1].crop_bgr
+    assert app.animator.avatars[-1] is avatars[1].image_bgr
     assert len(app.animator.neutrals) == neutrals_before + 1  # the neutral follows the new avatar
 
     handle_key(ord("p"), app.controls)
-    output = app.step(frames[5], 3.0)
-    assert output is frames[5]
+    output = app.step(frames[5], 3.0)  # the camera, cut to fill the camera size
+    np.testing.assert_array_equal(output, to_camera(frames[5], 1280, 720))
 
 
 def test_reload_keeps_the_current_avatar(app, clip):
@@ -320,10 +321,10 @@ def test_preview_shows_driver_and_avatar_with_hud_and_its_keys_drive_the_app(ava
         drive(live, clip[1][:4])
     finally:
         live.close()
-    assert all(image.shape == (256, 512, 3) for image in preview.images)
+    assert all(image.shape == (360, 360 + 640, 3) for image in preview.images)  # driver | call frame
     assert live.controls.overlay and live.controls.quit
     plain, with_overlay = preview.images[1], preview.images[2]
-    assert np.abs(with_overlay[:, :256].astype(int) - plain[:, :256]).sum() > 0  # dots over the driver
+    assert np.abs(with_overlay[:, :360].astype(int) - plain[:, :360]).sum() > 0  # dots over the driver
 
 
 def test_ci_runs_the_readme_setup_and_test_commands():

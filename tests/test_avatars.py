@@ -7,7 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarify.avatars import AvatarError, load_avatars, write_demo_avatars
+from avatarify.avatars import AvatarError, AvatarFraming, load_avatars, write_demo_avatars
+
+CROP = AvatarFraming(mode="crop")
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def photo_folder(tmp_path_factory, astronaut_bgr, grace_hopper_bgr):
 
 def test_a_folder_loads_the_good_photos_and_names_each_bad_one(photo_folder, caplog):
     with caplog.at_level(logging.WARNING):
-        avatars = load_avatars([photo_folder], size=256)
+        avatars = load_avatars([photo_folder])
     assert [a.name for a in avatars] == ["a_astronaut", "b_hopper"]
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 3
@@ -34,9 +36,9 @@ def test_a_folder_loads_the_good_photos_and_names_each_bad_one(photo_folder, cap
 
 
 @pytest.mark.parametrize("size", [256, 512])
-def test_avatar_is_cropped_around_the_face_at_engine_size(photo_folder, size):
-    avatar = load_avatars([photo_folder / "b_hopper.jpg"], size=size)[0]
-    assert avatar.crop_bgr.shape == (size, size, 3) and avatar.crop_bgr.dtype == np.uint8
+def test_crop_framing_crops_around_the_face_at_its_size(photo_folder, size):
+    avatar = load_avatars([photo_folder / "b_hopper.jpg"], AvatarFraming(mode="crop", crop_size=size))[0]
+    assert avatar.image_bgr.shape == (size, size, 3) and avatar.image_bgr.dtype == np.uint8
     x0, y0, x1, y1 = avatar.landmarks.box
     assert avatar.landmarks.image_size == (size, size)
     assert max(x1 - x0, y1 - y0) == pytest.approx(size / 1.6, rel=0.02)  # 30 % margin each side
@@ -45,27 +47,27 @@ def test_avatar_is_cropped_around_the_face_at_engine_size(photo_folder, size):
 
 def test_a_photo_without_a_face_is_one_clear_error(photo_folder):
     with pytest.raises(AvatarError) as error:
-        load_avatars([photo_folder / "c_blank.png"], size=256)
+        load_avatars([photo_folder / "c_blank.png"])
     assert "c_blank.png" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_a_photo_with_two_faces_is_refused(tmp_path, photo_folder):
     # Face crops side by side: Face Mesh's short-range detector misses faces that are small in the frame.
-    astronaut, hopper = load_avatars([photo_folder], size=256)
-    cv2.imwrite(str(tmp_path / "pair.png"), np.hstack([astronaut.crop_bgr, hopper.crop_bgr]))
+    astronaut, hopper = load_avatars([photo_folder], CROP)
+    cv2.imwrite(str(tmp_path / "pair.png"), np.hstack([astronaut.image_bgr, hopper.image_bgr]))
     with pytest.raises(AvatarError, match="shows 2 faces"):
-        load_avatars([tmp_path / "pair.png"], size=256)
+        load_avatars([tmp_path / "pair.png"])
 
 
 def test_empty_or_missing_folder_says_how_to_get_avatars(tmp_path):
     with pytest.raises(AvatarError) as error:
-        load_avatars([tmp_path], size=256)
+        load_avatars([tmp_path])
     assert "--avatar" in str(error.value) and "--demo" in str(error.value)
     with pytest.raises(AvatarError, match="does not exist"):
-        load_avatars([tmp_path / "nope.jpg"], size=256)
+        load_avatars([tmp_path / "nope.jpg"])
 
 
 def test_demo_writes_two_usable_public_domain_photos(tmp_path):
     written = write_demo_avatars(tmp_path / "avatars")
     assert [p.name for p in written] == ["astronaut.png", "grace_hopper.jpg"]
-    assert len(load_avatars([tmp_path / "avatars"], size=256)) == 2
+    assert len(load_avatars([tmp_path / "avatars"])) == 2

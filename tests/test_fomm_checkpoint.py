@@ -105,7 +105,6 @@ def test_nan_weights_are_refused_naming_the_file_and_the_tensor(tmp_path, offici
 
 
 def test_a_first_prediction_with_nan_is_refused_naming_the_weights(astronaut_bgr):
-    import cv2
 
     from avatarify.engines.base import AnimatorError
     from avatarify.engines.fomm import FommAnimator
@@ -114,6 +113,6 @@ def test_a_first_prediction_with_nan_is_refused_naming_the_weights(astronaut_bgr
 
     kp_detector, generator = random_networks(seed=0)
     generator.down_blocks[0].norm.weight.data.fill_(3e38)  # finite, but the next layers overflow
-    animator = FommAnimator(TorchRunner(kp_detector, generator), 256, "overflowing.pth.tar")
+    animator = FommAnimator(TorchRunner(kp_detector, generator), weights="overflowing.pth.tar")
     with pytest.raises(AnimatorError, match="overflowing.pth.tar gives NaN or infinite output"):
-        animator.set_avatar(cv2.resize(astronaut_bgr, (256, 256)), None)
+        animator.set_avatar(astronaut_bgr, None)

@@ -48,13 +48,13 @@ def clip_with_a_gap(tmp_path_factory):
 def avatars(tmp_path_factory, grace_hopper_bgr):
     path = tmp_path_factory.mktemp("media_avatar") / "hopper.jpg"
     cv2.imwrite(str(path), grace_hopper_bgr)
-    return load_avatars([path], size=256)
+    return load_avatars([path])
 
 
 def render(video, avatars, delay_s: float) -> tuple[list[np.ndarray], dict]:
     settings = Settings(avatar=[avatars[0].path], camera=video, preview=False, virtual_cam=False)
     sink, stats = RecordingSink(delay_s), Stats()
-    app = LiveApp(settings, MeshAnimator(256), avatars, VideoFileSource(video, progress=False), [sink], None, stats)
+    app = LiveApp(settings, MeshAnimator(), avatars, VideoFileSource(video, progress=False), [sink], None, stats)
     try:
         app.run()
     finally:

@@ -32,7 +32,7 @@ def mixed_clip():
 
 
 def engine_for(avatars, photo: str, size: int, neutral: DrivingFrame | None = None) -> MeshAnimator:
-    engine = MeshAnimator(size)
+    engine = MeshAnimator()
     engine.set_avatar(*avatars[(photo, size)])
     if neutral is not None:
         engine.set_neutral(neutral)
@@ -40,8 +40,8 @@ def engine_for(avatars, photo: str, size: int, neutral: DrivingFrame | None = No
 
 
 @pytest.mark.parametrize("size", [256, 512])
-def test_animate_returns_bgr_frames_of_the_engine_size(avatars, mixed_clip, size):
-    """The driving crop is 256 px; the engine may run at 512 all the same."""
+def test_animate_returns_bgr_frames_of_the_avatar_size(avatars, mixed_clip, size):
+    """The driving crop is 256 px; the avatar picture may be 512 all the same."""
     engine = engine_for(avatars, "astronaut", size, mixed_clip[0])
     for driving in mixed_clip:
         output = engine.animate(driving)
@@ -166,18 +166,47 @@ def test_motion_scale_zero_settles_to_the_avatar_and_lost_face_repeats(avatars, 
 
 
 def test_avatar_without_a_face_is_one_clear_error():
-    engine = MeshAnimator(256)
+    engine = MeshAnimator()
     blank = np.full((256, 256, 3), 127, np.uint8)
     with pytest.raises(AnimatorError, match=r"^No face found in the avatar image; [^\n]+\.$"):
         engine.set_avatar(blank, None)
 
 
 def test_bad_avatar_inputs_are_clear_errors(avatars):
-    engine = MeshAnimator(256)
+    engine = MeshAnimator()
     avatar_bgr, landmarks = avatars[("astronaut", 256)]
-    with pytest.raises(AnimatorError, match="512x512 px but the engine runs at 256x256"):
-        engine.set_avatar(np.zeros((512, 512, 3), np.uint8), landmarks)
+    with pytest.raises(AnimatorError, match="20x20 px; it must be at least 32 px"):
+        engine.set_avatar(np.zeros((20, 20, 3), np.uint8), landmarks)
     with pytest.raises(AnimatorError, match="No avatar is set"):
         engine.animate(DrivingFrame(avatar_bgr, landmarks, 0.0))
-    with pytest.raises(AnimatorError, match="not supported"):
-        MeshAnimator(300)
+
+
+@pytest.fixture(scope="module")
+def call_picture():
+    """Grace Hopper framed for a 1280x720 call, as the app does with --framing call."""
+    from avatarify.compose import frame_photo
+    from bench.clips import load_photo_bgr, photo_landmarks
+
+    framed = frame_photo(load_photo_bgr("grace_hopper"), photo_landmarks("grace_hopper"), 1280, 720)
+    return framed.image_bgr, framed.landmarks
+
+
+def test_the_call_picture_is_animated_at_full_resolution(call_picture, mixed_clip):
+    picture, landmarks = call_picture
+    engine = MeshAnimator()
+    engine.set_avatar(picture, landmarks)
+    engine.set_neutral(mixed_clip[0])
+    still = engine.animate(DrivingFrame(mixed_clip[0].crop_bgr, mixed_clip[0].landmarks, 0.033))
+    np.testing.assert_array_equal(still, picture)  # at rest: the photo's own pixels, all of them
+    moved = engine.animate(mixed_clip[-1])
+    assert moved.shape == picture.shape and np.abs(moved.astype(np.int16) - picture).mean() > 0.3
+    rows, cols = engine.roi
+    outside = np.ones(picture.shape[:2], bool)
+    outside[rows, cols] = False
+    assert outside.mean() > 0.4  # only the head region is warped...
+    np.testing.assert_array_equal(moved[outside], picture[outside])  # ...the rest is untouched
+    # The warp is as accurate at full resolution as at 256, relative to the face.
+    x0, y0, x1, y1 = landmarks.box
+    crop_side = 1.6 * max(x1 - x0, y1 - y0)  # the side of the 256 crop this face would get
+    error = engine.landing_error(synthetic_target(landmarks.points, crop_side))
+    assert np.nanmax(error) <= 0.5 * crop_side / 256

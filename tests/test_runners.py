@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from avatarify.datatypes import DrivingFrame, FaceLandmarks
+from avatarify.datatypes import DrivingFrame
 from avatarify.engines.fomm import FommAnimator, bgr_to_network
 from avatarify.runners import OnnxRuntimeRunner, RunnerError, TensorRTRunner, TorchRunner
 from export.onnx_export import sample_photos
@@ -132,39 +132,83 @@ def _frame(crop_bgr: np.ndarray, motion_scale: float = 1.0) -> DrivingFrame:
     return DrivingFrame(crop_bgr=crop_bgr, landmarks=None, timestamp=0.0, motion_scale=motion_scale)
 
 
-def _landmarks(image: np.ndarray) -> FaceLandmarks:
-    return FaceLandmarks(np.zeros((478, 2), np.float32), 1.0, (image.shape[1], image.shape[0]))
+@pytest.fixture(scope="module")
+def framed_hopper(grace_hopper_bgr):
+    """Grace Hopper framed for a 640x360 call, as the app frames avatars."""
+    from avatarify.compose import frame_photo
+    from avatarify.landmarks import FaceMeshDetector
+
+    with FaceMeshDetector(static=True) as detector:
+        face = detector.detect(grace_hopper_bgr)
+    framed = frame_photo(grace_hopper_bgr, face, 640, 360)
+    return framed.image_bgr, framed.landmarks
 
 
-@pytest.mark.parametrize("size", [256, 512])
-def test_fomm_animator_contract(torch_runner, astronaut_bgr, grace_hopper_bgr, size):
+def test_fomm_animator_pastes_the_prediction_into_the_full_picture(torch_runner, framed_hopper, astronaut_bgr):
     import cv2
 
-    avatar = cv2.resize(astronaut_bgr, (size, size), interpolation=cv2.INTER_AREA)
-    driving = cv2.resize(grace_hopper_bgr[:, 50:50 + grace_hopper_bgr.shape[0]], (size, size))
-    animator = FommAnimator(torch_runner, size=size)
-    animator.set_avatar(avatar, _landmarks(avatar))
-    animator.set_neutral(_frame(avatar))
+    picture, landmarks = framed_hopper
+    driving = cv2.resize(astronaut_bgr, (256, 256), interpolation=cv2.INTER_AREA)
+    animator = FommAnimator(torch_runner)
+    animator.set_avatar(picture, landmarks)
+    animator.set_neutral(_frame(animator.paste_back.crop_bgr))
     out = animator.animate(_frame(driving))
-    assert out.shape == (size, size, 3) and out.dtype == np.uint8
+    assert out.shape == picture.shape and out.dtype == np.uint8
     assert animator.backend_info() == {"backend": "torch", "providers": ["torch-cpu"]}
+    changed = np.abs(out.astype(np.int16) - picture).max(axis=2) > 0
+    rows, cols = animator.paste_back.roi
+    outside = np.ones(changed.shape, bool)
+    outside[rows, cols] = False
+    assert not changed[outside].any()  # beyond the face crop the photo's own pixels stay
+    assert changed[rows, cols].mean() > 0.2  # the (random-weight) prediction went in
 
 
-def test_fomm_animator_strength_zero_is_the_source_reconstruction(torch_runner, astronaut_bgr,
-                                                                  grace_hopper_bgr, fomm_checkpoint):
+class _SourceRunner:
+    """A runner whose prediction is the avatar's own crop: what a perfect network gives at rest."""
+
+    name, providers = "identity", ["none"]
+
+    def prepare_source(self, source):
+        self.source = source
+
+    def set_neutral(self, neutral):
+        pass
+
+    def animate(self, driving, strength=1.0):
+        return self.source
+
+
+def test_fomm_paste_back_at_rest_gives_back_the_photo(framed_hopper):
+    picture, landmarks = framed_hopper
+    animator = FommAnimator(_SourceRunner())
+    animator.set_avatar(picture, landmarks)
+    out = animator.animate(_frame(animator.paste_back.crop_bgr))
+    np.testing.assert_array_equal(out, picture)  # the prediction is the reference: no change, all photo
+
+
+def test_fomm_at_rest_is_the_photo_and_its_reference_is_the_source_reconstruction(
+        torch_runner, astronaut_bgr, grace_hopper_bgr, fomm_checkpoint):
+    """Strength 0: the network gives its reconstruction of the avatar (its reference, checked against
+    the official generator), and the paste-back turns that into the photo itself, full detail."""
     import cv2
     import torch
 
-    avatar = cv2.resize(astronaut_bgr, (256, 256), interpolation=cv2.INTER_AREA)
-    animator = FommAnimator(torch_runner, size=256)
-    animator.set_avatar(avatar, _landmarks(avatar))
-    animator.set_neutral(_frame(avatar))
+    from avatarify.compose import crop_photo
+    from avatarify.landmarks import FaceMeshDetector
+
+    with FaceMeshDetector(static=True) as detector:
+        face = detector.detect(astronaut_bgr)
+    framed = crop_photo(astronaut_bgr, face, 256, 0.3)
+    animator = FommAnimator(torch_runner)
+    animator.set_avatar(framed.image_bgr, framed.landmarks)
+    animator.set_neutral(_frame(framed.image_bgr))
     still = animator.animate(_frame(cv2.resize(grace_hopper_bgr, (256, 256)), motion_scale=0.0))
+    np.testing.assert_array_equal(still, framed.image_bgr)
 
     kp_detector, generator = load_fomm(fomm_checkpoint)
     with torch.inference_mode():
-        source = torch.from_numpy(bgr_to_network(avatar))
+        source = torch.from_numpy(bgr_to_network(animator.paste_back.crop_bgr))
         kp = kp_detector(source)
         reconstruction = generator(source, kp_driving=kp, kp_source=kp)["prediction"][0]
     expected = (reconstruction.permute(1, 2, 0).numpy()[:, :, ::-1] * 255).round()
-    assert np.abs(still.astype(np.float32) - expected).max() <= 1.0
+    assert np.abs(animator.paste_back.reference - expected).max() <= 1.0

@@ -15,7 +15,8 @@ import pyvirtualcam
 
 from avatarify.app import animate_file, run
 from avatarify.config import Settings
-from avatarify.sinks import SinkError, VideoFileSink, VirtualCameraSink, fit_to_canvas
+from avatarify.compose import to_camera
+from avatarify.sinks import SinkError, VideoFileSink, VirtualCameraSink
 from conftest import ROOT
 
 MEMORY_BACKEND = "avatarify-test-memory"
@@ -72,15 +73,17 @@ def avatar_path(tmp_path_factory, grace_hopper_bgr) -> Path:
     return path
 
 
-def test_fit_to_canvas_keeps_aspect_and_centres_on_black():
+def test_to_camera_pads_the_crop_framing_and_fills_without_bars_otherwise():
     square = np.full((256, 256, 3), 200, np.uint8)
-    canvas = fit_to_canvas(square, 1280, 720)
+    canvas = to_camera(square, 1280, 720, pad=True)
     assert canvas.shape == (720, 1280, 3)
     assert canvas[:, 280:1000].min() == 200 and canvas[:, :280].max() == 0 and canvas[:, 1000:].max() == 0
     wide = np.full((480, 640, 3), 90, np.uint8)
-    boxed = fit_to_canvas(wide, 256, 256)
+    boxed = to_camera(wide, 256, 256, pad=True)
     assert boxed.shape == (256, 256, 3) and boxed[:32].max() == 0 and boxed[40:210].min() == 90
-    assert fit_to_canvas(square, 256, 256) is square
+    assert to_camera(square, 256, 256) is square
+    covered = to_camera(wide, 1280, 720)  # a 4:3 camera frame (passthrough) fills 16:9: no bars
+    assert covered.shape == (720, 1280, 3) and covered.min() == 90
 
 
 def test_virtual_camera_receives_every_frame_at_camera_size(clip_path, avatar_path):
@@ -93,7 +96,7 @@ def test_virtual_camera_receives_every_frame_at_camera_size(clip_path, avatar_pa
     assert len(backend.frames) == summary["frames"] == 24
     frames = [f.reshape(360, 640, 3) for f in backend.frames]  # pyvirtualcam hands backends flat arrays
     assert all(f.dtype == np.uint8 for f in frames)
-    assert frames[0][:, :140].max() == 0 and frames[0][:, 140:500].mean() > 40  # avatar centred, padded
+    assert (frames[0].reshape(-1, 3).max(axis=1) < 8).mean() < 0.01  # the photo fills it: no black bars
     moving = np.mean([np.abs(f.astype(int) - frames[0]).mean() for f in frames[1:]])
     assert moving > 0.5  # the avatar moves with the driver
 

@@ -84,4 +84,4 @@ def test_a_signal_closes_the_video_writes_the_stats_and_exits_conventionally(sig
     frames = [f.frame_bgr for f in iter_video_frames(out, progress=False)]
     assert 30 <= stats["frames"] < CLIP_FRAMES * REPEATS
     assert abs(len(frames) - stats["frames"]) <= 1  # every frame handed to the sinks is in the file
-    assert frames[-1].shape == (256, 256, 3) and frames[-1].std() > 5  # the last one is a picture
+    assert frames[-1].shape == (720, 1280, 3) and frames[-1].std() > 5  # the last one is a picture

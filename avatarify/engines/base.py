@@ -1,8 +1,9 @@
 """The Animator interface both engines implement.
 
-Per avatar (once): `set_avatar` with the cropped avatar photo and its landmarks; engines precompute
-everything that depends only on it. Per calibration: `set_neutral` with the driving neutral pose.
-Per frame: `animate` returns the animated avatar as a BGR uint8 (size, size, 3) frame.
+Per avatar (once): `set_avatar` with the avatar picture as the call shows it (the photo framed for the
+camera at full resolution, or a square face crop) and its landmarks; engines precompute everything
+that depends only on it. Per calibration: `set_neutral` with the driving neutral pose. Per frame:
+`animate` returns the animated avatar: a BGR uint8 picture of the avatar picture's size.
 """
 from __future__ import annotations
 
@@ -29,16 +30,13 @@ class Animator(ABC):
 
     name: str = "base"
 
-    def __init__(self, size: int = 256) -> None:
-        if size not in (256, 512):
-            raise AnimatorError(f"Output size {size} is not supported; use 256 or 512.")
-        self.size = size
+    def __init__(self) -> None:
         self.strength = 1.0
         self.region = "all"
 
     @abstractmethod
     def set_avatar(self, avatar_bgr: np.ndarray, landmarks: FaceLandmarks) -> None:
-        """Take a new avatar: BGR uint8 (size, size, 3) face crop and its landmarks in its pixels."""
+        """Take a new avatar: its BGR uint8 picture (any size) and its landmarks in its pixels."""
 
     @abstractmethod
     def set_neutral(self, driving: DrivingFrame) -> None:
@@ -46,7 +44,19 @@ class Animator(ABC):
 
     @abstractmethod
     def animate(self, driving: DrivingFrame) -> np.ndarray:
-        """The avatar moved as the driver moved since the neutral: BGR uint8 (size, size, 3)."""
+        """The avatar moved as the driver moved since the neutral: BGR uint8, the picture's size."""
+
+    @staticmethod
+    def detect_avatar_face(avatar_bgr: np.ndarray) -> FaceLandmarks:
+        """The avatar's landmarks when the caller has none (static Face Mesh), or AnimatorError."""
+        from avatarify.landmarks import FaceMeshDetector
+
+        with FaceMeshDetector(static=True) as detector:
+            landmarks = detector.detect(avatar_bgr)
+        if landmarks is None:
+            raise AnimatorError("No face found in the avatar image; use a photo with one clearly "
+                                "visible, roughly frontal face.")
+        return landmarks
 
     def backend_info(self) -> dict:
         """What actually runs: {"backend": name, "providers": [...]} for the stats and the HUD."""

@@ -1,7 +1,9 @@
 """The embedded engine: a piecewise-affine warp of the avatar photo along its face mesh (no weights).
 
-Input per avatar: the (size, size) BGR face crop and its 478 landmarks. Per calibration: the driving
-neutral frame. Per frame: a `DrivingFrame`. Output: the animated avatar, BGR uint8 (size, size, 3).
+Input per avatar: the avatar picture at the resolution the call shows it (the framed photo, e.g.
+1280x720, or a square face crop) and its 478 landmarks. Per calibration: the driving neutral frame.
+Per frame: a `DrivingFrame`. Output: the animated avatar, BGR uint8, the picture's size. Only the
+region around the head is warped, so the cost follows the face's size, not the picture's.
 
 Per avatar (`set_avatar`), everything that does not depend on the driver is precomputed:
   - the mesh: Delaunay over the 468 face points, a ring around the head (the face oval pushed
@@ -36,21 +38,21 @@ from avatarify.engines.base import REGIONS, Animator, AnimatorError
 from avatarify.motion import (EYES, FACE_OVAL, INNER_LIPS, MOUTH_CORNERS, MOUTH_INNER_BOTTOM,
                               MOUTH_INNER_TOP, NUM_LANDMARKS, NUM_MESH_POINTS, OUTER_LIPS, EyeIndices,
                               MotionSettings, MotionTarget, MotionTransfer, Similarity, as_complex,
-                              as_points, mouth_open_ratio)
+                              as_points, head_outline, mouth_open_ratio)
 
 log = logging.getLogger(__name__)
 
-FOREHEAD, CHIN = 10, 152
-RING_SCALE = 1.25  # the ring around the face: face oval pushed out by 25% from the face centre
-# ... and its top lifted by this share of the face height: the skull's vertex is about a third of the
-# face height above Face Mesh's top (landmark 10, upper forehead), and 1.25 already covers 1/8.
-SKULL_LIFT = 0.2
 # The head's motion fades out over this share of the face size outside the ring (to a still ring,
 # and the ROI box around it). The fade must be longer than the ring moves, or the warp folds: a
 # 15 degree roll moves the ring's sides ~0.2 face sizes, 0.3 leaves room up to ~20 degrees.
 ROI_MARGIN = 0.3
 RING_SQUEEZE = 0.4  # the skin between face outline and ring may shrink to this share of its width
 FIXED_POINT_STEPS = 3  # backward-map iterations; error shrinks ~5x per step on face motion
+# The backward map is computed on a grid of one sample per this many pixels of face size (sqrt of
+# the face box area), at least every 2nd pixel: ~70 samples across a face lands landmarks within
+# 0.4 px at any resolution (a 256 crop gets a 2 px step, a 720p call frame 3, 1080p 4).
+FACE_SIZE_PER_STEP = 90.0
+MIN_AVATAR_SIDE = 32
 CAVITY_START = 0.02  # mouth-open ratio above the avatar's own at which the cavity starts to show
 CAVITY_FULL = 0.08  # ... and at which it is fully shown
 
@@ -137,11 +139,11 @@ class MeshAnimator(Animator):
 
     name = "mesh"
 
-    def __init__(self, size: int = 256, motion: MotionSettings | None = None) -> None:
-        super().__init__(size)
+    def __init__(self, motion: MotionSettings | None = None) -> None:
+        super().__init__()
         self.motion = MotionTransfer(motion)
-        # Map resolution: every 2nd pixel at 256, every 3rd at 512 (both land landmarks within 0.4 px).
-        self.step = 2 if size == 256 else 3
+        self.step = 2  # set per avatar from its face size
+        self._image_size = (0, 0)  # (width, height) of the avatar picture
         self._avatar_bgr: np.ndarray | None = None
         self._last_output: np.ndarray | None = None
         self.last_map: np.ndarray | None = None  # (h, w, 2) backward map over the ROI (tests, HUD)
@@ -152,7 +154,7 @@ class MeshAnimator(Animator):
     def set_avatar(self, avatar_bgr: np.ndarray, landmarks: FaceLandmarks | None) -> None:
         avatar_bgr = self._checked_avatar(avatar_bgr)
         if landmarks is None:
-            landmarks = self._detect_avatar_face(avatar_bgr)
+            landmarks = self.detect_avatar_face(avatar_bgr)
         points = np.asarray(landmarks.points, dtype=np.float32)
         if points.shape != (NUM_LANDMARKS, 2):
             raise AnimatorError(f"The mesh engine needs MediaPipe's {NUM_LANDMARKS} face landmarks, "
@@ -169,26 +171,17 @@ class MeshAnimator(Animator):
     def _checked_avatar(self, avatar_bgr: np.ndarray) -> np.ndarray:
         if avatar_bgr is None or avatar_bgr.ndim != 3 or avatar_bgr.shape[2] != 3:
             raise AnimatorError("The avatar must be a colour (BGR) image.")
-        if avatar_bgr.shape[:2] != (self.size, self.size):
-            raise AnimatorError(f"The avatar crop is {avatar_bgr.shape[1]}x{avatar_bgr.shape[0]} px but "
-                                f"the engine runs at {self.size}x{self.size}; crop it to the engine size.")
+        if min(avatar_bgr.shape[:2]) < MIN_AVATAR_SIDE:
+            raise AnimatorError(f"The avatar picture is {avatar_bgr.shape[1]}x{avatar_bgr.shape[0]} px; "
+                                f"it must be at least {MIN_AVATAR_SIDE} px on each side.")
+        self._image_size = (avatar_bgr.shape[1], avatar_bgr.shape[0])
         return np.ascontiguousarray(avatar_bgr, dtype=np.uint8)
-
-    @staticmethod
-    def _detect_avatar_face(avatar_bgr: np.ndarray) -> FaceLandmarks:
-        from avatarify.landmarks import FaceMeshDetector
-
-        with FaceMeshDetector(static=True) as detector:
-            landmarks = detector.detect(avatar_bgr)
-        if landmarks is None:
-            raise AnimatorError("No face found in the avatar image; use a photo with one clearly "
-                                "visible, roughly frontal face.")
-        return landmarks
 
     def _build_mesh(self, points: np.ndarray) -> None:
         mesh = points[:NUM_MESH_POINTS].astype(np.float64)
-        ring = self._head_ring(mesh)
+        ring = head_outline(mesh)
         face_size = float(np.sqrt(np.prod(mesh.max(axis=0) - mesh.min(axis=0))))
+        self.step = max(2, int(round(face_size / FACE_SIZE_PER_STEP)))
         self._grid = self._roi_grid(ring, face_size)
         grid = self._grid
         inset = 1.0  # ring points stay this far inside the ROI so no triangle folds over the border
@@ -210,27 +203,14 @@ class MeshAnimator(Animator):
         gy, gx = np.mgrid[grid.y0:grid.y0 + grid.height, grid.x0:grid.x0 + grid.width].astype(np.float32)
         self._full_grid = np.ascontiguousarray(np.stack([gx, gy], axis=-1))
 
-    @staticmethod
-    def _head_ring(mesh: np.ndarray) -> np.ndarray:
-        """The outline that moves rigidly with the head: the face oval pushed out from its centre
-        (hair at the temples, ears), its upper half stretched up into the dome of the skull, which
-        Face Mesh (it stops at the upper forehead) does not cover; hair and headwear sit on it."""
-        oval = mesh[list(FACE_OVAL)]
-        centre = oval.mean(axis=0)
-        ring = centre + (oval - centre) * RING_SCALE
-        up = mesh[FOREHEAD] - mesh[CHIN]
-        height = float(np.linalg.norm(up))
-        up /= max(height, 1e-6)
-        rise = np.maximum((oval - centre) @ up, 0.0)
-        return ring + (SKULL_LIFT * height * rise / max(float(rise.max()), 1e-6))[:, None] * up
-
     def _ring_target_limits(self, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
         """Bounds for moved ring points: inside the ROI where its border is fixed (so no triangle
         folds over it), free where the ROI ends at the image's own edge (that edge slides)."""
         lo = np.array(self._ring_box[:2], np.float32)
         hi = np.array(self._ring_box[2:], np.float32)
         lo[[grid.x0 == 0, grid.y0 == 0]] = -np.inf
-        hi[[grid.x0 + grid.width == self.size, grid.y0 + grid.height == self.size]] = np.inf
+        width, height = self._image_size
+        hi[[grid.x0 + grid.width == width, grid.y0 + grid.height == height]] = np.inf
         return lo, hi
 
     @staticmethod
@@ -251,7 +231,7 @@ class MeshAnimator(Animator):
         the ROI ends at the image's own edge (a head cut by the crop), the edge moves with the head
         as the ring's motion fades over `reach_px`, as it does inside the ROI; pinning it would
         tear hair or a hat that the crop cuts."""
-        on_image_edge = (border < 0.0).any(axis=1) | (border > self.size - 1).any(axis=1)
+        on_image_edge = (border < 0.0).any(axis=1) | (border > np.array(self._image_size) - 1).any(axis=1)
         distance = np.linalg.norm(border[:, None, :] - self._ring_src[None, :, :], axis=2)
         nearest = distance.argmin(axis=1)
         share = np.clip(1.0 - distance.min(axis=1) / max(reach_px, 1.0), 0.0, 1.0) * on_image_edge
@@ -260,10 +240,11 @@ class MeshAnimator(Animator):
     def _roi_grid(self, ring: np.ndarray, face_size: float) -> _Grid:
         """The warped region: the ring plus a margin, clipped to the image, sides multiples of step."""
         step = self.step
-        x0, y0, x1, y1 = _box_around(ring, ROI_MARGIN * face_size, (0, 0, self.size, self.size))
+        image_w, image_h = self._image_size
+        x0, y0, x1, y1 = _box_around(ring, ROI_MARGIN * face_size, (0, 0, image_w, image_h))
         x0, y0 = (x0 // step) * step, (y0 // step) * step
-        width = min(-(-(x1 - x0) // step) * step, self.size - x0)
-        height = min(-(-(y1 - y0) // step) * step, self.size - y0)
+        width = min(-(-(x1 - x0) // step) * step, image_w - x0)
+        height = min(-(-(y1 - y0) // step) * step, image_h - y0)
         return _Grid(x0, y0, width - width % step, height - height % step, step)
 
     @staticmethod
