@@ -85,3 +85,36 @@ def test_a_signal_closes_the_video_writes_the_stats_and_exits_conventionally(sig
     assert 30 <= stats["frames"] < CLIP_FRAMES * REPEATS
     assert abs(len(frames) - stats["frames"]) <= 1  # every frame handed to the sinks is in the file
     assert frames[-1].shape == (720, 1280, 3) and frames[-1].std() > 5  # the last one is a picture
+
+
+def test_a_real_sigterm_in_process_releases_the_virtual_camera_and_writes_everything(long_clip, avatar, tmp_path):
+    """The same stop inside one process, so the virtual camera (an in-memory pyvirtualcam backend) can
+    be looked at: a real SIGTERM to this process once frames flow."""
+    import os
+
+    from avatarify.app import StopSignal, run, stop_on_signals
+    from avatarify.config import Settings
+    from test_sinks import MEMORY_BACKEND, MemoryBackend
+
+    MemoryBackend.instances.clear()
+    out, stats_path = tmp_path / "out.mp4", tmp_path / "stats.json"
+    settings = Settings(avatar=[avatar], camera=long_clip, engine="mesh", preview=False, output=out,
+                        stats=stats_path, virtual_cam=True, virtual_cam_backend=MEMORY_BACKEND,
+                        cam_width=640, cam_height=360)
+
+    def kill_once_frames_flow() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (MemoryBackend.instances and len(MemoryBackend.instances[0].frames) >= 10):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=kill_once_frames_flow, daemon=True).start()
+    with pytest.raises(StopSignal) as stop, stop_on_signals():
+        run(settings)
+    assert stop.value.exit_code == 143
+    (backend,) = MemoryBackend.instances
+    assert backend.closed and 10 <= len(backend.frames) < CLIP_FRAMES * REPEATS
+    stats = json.loads(stats_path.read_text())
+    assert abs(stats["frames"] - len(backend.frames)) <= 1
+    frames = [f.frame_bgr for f in iter_video_frames(out, progress=False)]
+    assert abs(len(frames) - stats["frames"]) <= 1 and frames[-1].shape == (360, 640, 3)
