@@ -88,6 +88,24 @@ def window_around(centre: np.ndarray, side: float, width: int, height: int) -> W
     return x, y, side, side
 
 
+def landmark_crop(frame_bgr: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The square crop Face Mesh runs on, and the matrix mapping frame pixels into it. A face whose
+    box is CROP_SIZE..MAX_CROP_SIZE px is cut out at its own resolution on whole pixels (a slice,
+    padded by repeating the border: no resampling, and ten times cheaper than a warp off the frame's
+    edge); a smaller one is upscaled to CROP_SIZE, a larger one shrunk to MAX_CROP_SIZE."""
+    side = round(float(box[2]))
+    if not CROP_SIZE <= side <= MAX_CROP_SIZE:
+        return crop_square(frame_bgr, box, int(np.clip(side, CROP_SIZE, MAX_CROP_SIZE)))
+    height, width = frame_bgr.shape[:2]
+    x0, y0 = round(float(box[0]) - side / 2), round(float(box[1]) - side / 2)
+    inside = frame_bgr[max(y0, 0):min(y0 + side, height), max(x0, 0):min(x0 + side, width)]
+    if inside.size == 0:
+        return crop_square(frame_bgr, box, side)
+    pad = (max(-y0, 0), max(y0 + side - height, 0), max(-x0, 0), max(x0 + side - width, 0))
+    crop = cv2.copyMakeBorder(inside, *pad, cv2.BORDER_REPLICATE) if any(pad) else inside
+    return crop, np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]], dtype=np.float32)
+
+
 def merge_faces(faces: list[FaceBox]) -> list[FaceBox]:
     """One box per face when windows overlap: the best-scoring of boxes that overlap much."""
     kept: list[FaceBox] = []
@@ -208,7 +226,7 @@ class FaceFinder:
 
     def _landmarks_in(self, frame_bgr: np.ndarray, box: np.ndarray) -> tuple[FaceLandmarks, float] | None:
         """Face Mesh on the crop of `box`: (landmarks in frame pixels, share of the mesh inside the crop)."""
-        crop, matrix = crop_square(frame_bgr, box, int(np.clip(round(box[2]), CROP_SIZE, MAX_CROP_SIZE)))
+        crop, matrix = landmark_crop(frame_bgr, box)
         found = self.mesh.detect(crop)
         if found is None:
             return None
