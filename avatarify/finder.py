@@ -16,9 +16,9 @@ Why not Face Mesh on the whole frame: its own (short-range) detector loses faces
      near their last place; once they have been gone `relock_after_s`, the largest face again.
      `request_next_face()` (hotkey n) runs a full pass at once and locks onto the next face to the
      right (wrapping round). Nothing else ever moves the lock to another face.
-  3. Landmarks: Face Mesh (tracking mode) on a square crop around the face (the face about half of
-     it; small faces upscaled to CROP_SIZE px, large ones at their own resolution), mapped back to
-     frame pixels.
+  3. Landmarks: Face Mesh (tracking mode) on a crop around the face (the face about half of it; a
+     small face upscaled to a CROP_SIZE square, a large one cut out of the frame at its own
+     resolution), mapped back to frame pixels.
   4. Track: the next crop comes from these landmarks. It moves only when the face has moved or grown by
      a few percent, so a still head gives Face Mesh the same pixels (no jitter added by resampling).
      The track is dropped (back to 2, near the person) when Face Mesh finds no face in the crop, when
@@ -35,7 +35,8 @@ import cv2
 import numpy as np
 
 from avatarify.datatypes import FaceLandmarks
-from avatarify.landmarks import FaceBox, FaceDetector, FaceMeshDetector, Window, in_frame_fraction
+from avatarify.landmarks import (NUM_MESH_POINTS, FaceBox, FaceDetector, FaceMeshDetector, Window,
+                                 in_frame_fraction)
 from avatarify.tracking import crop_square, square_face_box
 
 log = logging.getLogger(__name__)
@@ -89,21 +90,25 @@ def window_around(centre: np.ndarray, side: float, width: int, height: int) -> W
 
 
 def landmark_crop(frame_bgr: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The square crop Face Mesh runs on, and the matrix mapping frame pixels into it. A face whose
-    box is CROP_SIZE..MAX_CROP_SIZE px is cut out at its own resolution on whole pixels (a slice,
-    padded by repeating the border: no resampling, and ten times cheaper than a warp off the frame's
-    edge); a smaller one is upscaled to CROP_SIZE, a larger one shrunk to MAX_CROP_SIZE."""
+    """The picture Face Mesh runs on, and the matrix mapping frame pixels into it. A face whose box is
+    CROP_SIZE..MAX_CROP_SIZE px is cut out at its own resolution on whole pixels: a slice of the frame
+    (the part of the box inside it; Face Mesh pads its own region), no resampling and no copy; a
+    smaller face is upscaled to a CROP_SIZE square, a larger one shrunk to MAX_CROP_SIZE."""
     side = round(float(box[2]))
-    if not CROP_SIZE <= side <= MAX_CROP_SIZE:
-        return crop_square(frame_bgr, box, int(np.clip(side, CROP_SIZE, MAX_CROP_SIZE)))
     height, width = frame_bgr.shape[:2]
-    x0, y0 = round(float(box[0]) - side / 2), round(float(box[1]) - side / 2)
-    inside = frame_bgr[max(y0, 0):min(y0 + side, height), max(x0, 0):min(x0 + side, width)]
-    if inside.size == 0:
-        return crop_square(frame_bgr, box, side)
-    pad = (max(-y0, 0), max(y0 + side - height, 0), max(-x0, 0), max(x0 + side - width, 0))
-    crop = cv2.copyMakeBorder(inside, *pad, cv2.BORDER_REPLICATE) if any(pad) else inside
-    return crop, np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]], dtype=np.float32)
+    x0, y0 = max(round(float(box[0]) - side / 2), 0), max(round(float(box[1]) - side / 2), 0)
+    x1, y1 = min(x0 + side, width), min(y0 + side, height)
+    if not CROP_SIZE <= side <= MAX_CROP_SIZE or x1 - x0 < CROP_SIZE // 2 or y1 - y0 < CROP_SIZE // 2:
+        return crop_square(frame_bgr, box, int(np.clip(side, CROP_SIZE, MAX_CROP_SIZE)))
+    return frame_bgr[y0:y1, x0:x1], np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]], dtype=np.float32)
+
+
+def _share_inside(points: np.ndarray, box: np.ndarray) -> float:
+    """Share of the mesh points inside the square box (cx, cy, side)."""
+    mesh = points[:NUM_MESH_POINTS]
+    half = box[2] / 2.0
+    inside = (np.abs(mesh[:, 0] - box[0]) <= half) & (np.abs(mesh[:, 1] - box[1]) <= half)
+    return float(inside.mean())
 
 
 def merge_faces(faces: list[FaceBox]) -> list[FaceBox]:
@@ -232,7 +237,8 @@ class FaceFinder:
             return None
         height, width = frame_bgr.shape[:2]
         landmarks = found.transformed(cv2.invertAffineTransform(matrix), (width, height))
-        return replace(landmarks, confidence=in_frame_fraction(landmarks.points, width, height)), found.confidence
+        landmarks = replace(landmarks, confidence=in_frame_fraction(landmarks.points, width, height))
+        return landmarks, _share_inside(landmarks.points, box)
 
     def _lock(self, frame_bgr: np.ndarray, face: FaceBox) -> FaceLandmarks | None:
         """Lock onto a detected face: its landmarks, or None when Face Mesh finds no face there."""
