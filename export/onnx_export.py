@@ -149,14 +149,14 @@ def check_graph(spec: GraphSpec, path: Path) -> float:
     return error
 
 
-def _writable_dir(out_dir: Path) -> Path:
+def _writable_dir(out_dir: Path, flag: str = "--out") -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".write_test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ExportError(f"Cannot write to output folder {out_dir} ({exc.strerror}); choose another --out.") from None
+        raise ExportError(f"Cannot write to output folder {out_dir} ({exc.strerror}); choose another {flag}.") from None
     return out_dir
 
 
@@ -288,7 +288,7 @@ def cached_export(checkpoint: str | Path, cache_root: str | Path, progress: bool
     into place by rename, under a lock, so concurrent runs and interrupted exports are safe.
     """
     digest = file_sha256(checkpoint)
-    root = _writable_dir(Path(cache_root))
+    root = _writable_dir(Path(cache_root), "--cache-dir")
     out = root / digest[:16]
     with _cache_lock(root / f".{digest[:16]}.lock"):
         problem = cache_problem(out, digest, unfused_frame)
