@@ -203,16 +203,17 @@ class FaceFinder:
 
     def _track(self, frame_bgr: np.ndarray) -> FaceLandmarks | None:
         """This frame's landmarks in a crop made from the last ones, or None when the track broke."""
-        previous = self._person
-        self._crop_box = self._follow(square_face_box(previous, CROP_MARGIN))
+        wanted = square_face_box(self._person, CROP_MARGIN)  # the last face's centre, its side grown
+        self._crop_box = self._follow(wanted)
         found = self._landmarks_in(frame_bgr, self._crop_box)
         if found is None:
             return None
         landmarks, in_crop = found
-        side = _landmark_side(landmarks)
-        jump = np.linalg.norm(_landmark_centre(landmarks) - _landmark_centre(previous))
+        cx, cy, side = square_face_box(landmarks, 0.0)
+        jump = math.hypot(cx - wanted[0], cy - wanted[1])
+        previous_side = wanted[2] / (1.0 + 2.0 * CROP_MARGIN)
         if in_crop < MIN_IN_CROP or not FACE_IN_CROP[0] <= side / self._crop_box[2] <= FACE_IN_CROP[1] \
-                or jump > MAX_JUMP * _landmark_side(previous):
+                or jump > MAX_JUMP * previous_side:
             log.debug("track drifted (in crop %.2f, size %.2f, jump %.1f px)", in_crop, side / self._crop_box[2], jump)
             self.mesh.forget()
             return None
