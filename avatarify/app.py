@@ -117,7 +117,12 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def choose_engine(settings: Settings) -> tuple[str, Path | None, str]:
-    """(engine name, checkpoint, why) for --engine auto|mesh|fomm."""
+    """(engine name, checkpoint, why) for --engine auto|mesh|fomm|remote."""
+    if settings.engine == "remote":
+        if not settings.server:
+            raise AnimatorError("--engine remote needs --server HOST:PORT (the machine running "
+                                "`python -m avatarify.server`).")
+        return "remote", None, f"asked for with --engine remote: FOMM on {settings.server}"
     if settings.engine == "mesh":
         if settings.checkpoint is not None:
             log.warning("--checkpoint is ignored with --engine mesh")
@@ -139,60 +144,14 @@ def _build_mesh(settings: Settings) -> Animator:
 
 
 def _build_fomm(settings: Settings, checkpoint: Path) -> Animator:
-    """The FOMM engine. torch and onnxruntime are imported only here, so the mesh engine starts fast.
-
-    Backends: torch runs the checkpoint directly; onnxruntime and auto run the ONNX graphs exported
-    on first use into a cache keyed by the checkpoint's hash (later runs reuse them), on the best
-    execution provider this onnxruntime has (TensorRT → CUDA → CPU); tensorrt builds native engines.
-    """
-    if not checkpoint.is_file():
-        raise AnimatorError(f"Checkpoint file {checkpoint} does not exist; download vox-adv-cpk.pth.tar "
-                            f"(README: Using the FOMM checkpoint) or fix --checkpoint.")
+    """The FOMM engine; which backend runs (and why) is avatarify.backends' business. torch and
+    onnxruntime are imported only here, so the mesh engine starts fast."""
     try:
-        from avatarify.engines.fomm import FommAnimator
-        from avatarify.runners import RunnerError
-        from export.onnx_export import ExportError, cached_export
-        from export.tensorrt_build import TensorRTUnavailable
-        from models.fomm.checkpoint import CheckpointError
+        from avatarify.backends import build_fomm_animator
     except ImportError as exc:
         raise AnimatorError(f"The FOMM engine cannot start ({exc}); install the requirements "
                             f"(pip install -r requirements.txt) or use --engine mesh.") from None
-    try:
-        if settings.backend == "torch":
-            device = _torch_device(settings.device)
-            return FommAnimator.create("torch", checkpoint=checkpoint, device=device,
-                                       precision=_precision(settings.precision, device), optimized=True)
-        if settings.precision == "bf16":
-            raise AnimatorError("--precision bf16 runs only with --backend torch; use fp32 or fp16 here.")
-        onnx_dir = cached_export(checkpoint, settings.cache_dir / "fomm")
-        # auto: fp16 wherever a GPU provider takes it (TensorRT); the CPU provider always runs fp32.
-        fp16 = settings.precision in ("auto", "fp16") and settings.device != "cpu"
-        if settings.backend == "tensorrt":
-            from avatarify.runners import TensorRTRunner
-            from export.tensorrt_build import build_engines
-
-            graphs = {name: onnx_dir / f"{name}.onnx" for name in ("fomm_keypoints", "fomm_source", "fomm_frame")}
-            return FommAnimator(TensorRTRunner(build_engines(graphs, onnx_dir, fp16=fp16)), settings.crop_margin)
-        return FommAnimator.create("onnxruntime", onnx_dir=onnx_dir, device=settings.device, fp16=fp16)
-    except (CheckpointError, ExportError, RunnerError, TensorRTUnavailable) as exc:
-        raise AnimatorError(str(exc)) from None
-
-
-def _precision(precision: str, device: str) -> str:
-    """torch: auto is fp16 on CUDA (tensor cores) and fp32 on the CPU (fp32 is exact there)."""
-    if precision == "auto":
-        return "fp16" if device == "cuda" else "fp32"
-    if precision == "fp16" and device != "cuda":
-        raise AnimatorError("--precision fp16 needs a CUDA GPU; on the CPU use fp32 or bf16.")
-    return precision
-
-
-def _torch_device(device: str) -> str:
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise AnimatorError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu.")
-    return "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    return build_fomm_animator(settings, checkpoint)
 
 
 def build_animator(settings: Settings, choice: tuple[str, Path | None, str] | None = None) -> Animator:
@@ -201,6 +160,12 @@ def build_animator(settings: Settings, choice: tuple[str, Path | None, str] | No
     log.info("engine: %s (%s)", name, why)
     if name == "fomm":
         return _build_fomm(settings, checkpoint)
+    if name == "remote":
+        from avatarify.engines.remote import create_remote_animator
+
+        # A video file gives every frame to the engine, so each waits for its own reply there.
+        return create_remote_animator(settings.server, settings.token_file, settings.transport,
+                                      settings.crop_margin, wait_for_reply=isinstance(settings.camera, Path))
     return _build_mesh(settings)
 
 
@@ -273,11 +238,13 @@ class LiveApp:
             driving = self.tracker.update(frame_bgr, landmarks, media_time)
         self._calibrate(driving)
         with stage("animate"):
-            output = self._animate(driving)
+            output, shown = self._animate(driving)
         if self.controls.passthrough:
-            output = frame_bgr
+            output, shown = frame_bgr, None
         output = self._camera_frame(output)
-        self.stats.frame_done(timestamp)  # latency ends when the frame is handed to the sinks
+        # Latency runs from the capture of the frame the picture shows (a pipelined engine shows
+        # the previous one) to the moment it is handed to the sinks.
+        self.stats.frame_done(timestamp if shown is None else shown)
         with stage("sinks"):
             for sink in self.sinks:
                 sink.send(output)
@@ -308,18 +275,19 @@ class LiveApp:
         crop = self.settings.framing == "crop" and not self.controls.passthrough
         return to_camera(picture_bgr, self.settings.cam_width, self.settings.cam_height, pad=crop)
 
-    def _animate(self, driving: DrivingFrame | None) -> np.ndarray:
+    def _animate(self, driving: DrivingFrame | None) -> tuple[np.ndarray, float | None]:
+        """The picture and the capture time of the frame it shows (None: this frame's)."""
         if driving is None or self.neutral is None:
-            return self.avatar.image_bgr  # no face yet: the avatar waits, still
+            return self.avatar.image_bgr, None  # no face yet: the avatar waits, still
         self.animator.strength = self.controls.strength
         self.animator.region = self.controls.region
         try:
-            return self.animator.animate(driving)
+            return self.animator.animate(driving), self.animator.shown_timestamp
         except AnimatorError as exc:  # one bad frame must not end a video call
             if self.controls.message != str(exc):
                 self.controls.message = str(exc)
                 log.warning("%s", exc)
-            return self.avatar.image_bgr
+            return self.avatar.image_bgr, None
 
     def _calibrate(self, driving: DrivingFrame | None) -> None:
         """First face → neutral; `c` → the next face is the neutral; find-best keeps the best match."""
@@ -426,7 +394,8 @@ class LiveApp:
         info = self.animator.backend_info()
         return HudInfo(fps=self.stats.recent_fps(), stage_ms=self.stats.recent_ms(),
                        latency_ms=self.stats.recent_latency_ms(), engine=self.animator.name,
-                       providers=list(info.get("providers", [])), status=self._status(),
+                       providers=list(info.get("providers", [])), backend_note=info.get("note", ""),
+                       status=self._status(),
                        message=self._shown_message if now < self._message_until else "")
 
     def close(self) -> None:
@@ -490,6 +459,7 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
     log.info("%d avatar%s loaded", len(avatars), "" if len(avatars) == 1 else "s")
     source = open_frame_source(settings.camera, settings.max_frames, settings.capture_width,
                                settings.capture_height)
+    animator: Animator | None = None
     stopped: KeyboardInterrupt | None = None
     try:
         animator = build_animator(settings, engine_choice)
@@ -505,12 +475,15 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
             log.warning("No face was found in any frame from %s; the avatar stayed still.", source.name)
     finally:
         _close_quietly(source)
+        if animator is not None:
+            animator.close()
     info = animator.backend_info()
     summary = stats.summary(animator.name, info, {
         "size": crop_size(settings), "framing": settings.framing,
         "output_size": [settings.cam_width, settings.cam_height], "camera": str(settings.camera),
-        "dropped_frames": source.dropped,
-        "avatars": len(avatars)})
+        "dropped_frames": source.dropped, "avatars": len(avatars),
+        **{key: value for key, value in info.items() if key not in ("backend", "providers")},
+        **animator.run_stats()})
     log.info("%d frames, %.1f fps, engine %s on %s", summary["frames"], summary["fps"], animator.name,
              ", ".join(summary["providers"]))
     if settings.stats is not None:

@@ -286,18 +286,25 @@ class PasteBack:
         kept = self._picture_roi + self.warped_prediction(change)
         return kept + replace * (matched - kept)
 
-    def moved_mask(self, head: Similarity | None) -> np.ndarray:
-        """The avatar's head mask, widened to where the head now is (union with the mask moved by
-        the head motion), so a turned or shifted head is never cut off by the seam."""
+    def roi_motion(self, head: Similarity | None) -> np.ndarray | None:
+        """The head motion as a 2x3 map of ROI pixels (the moved mask's warp), or None when the
+        head has not moved."""
         if head is None or (abs(head.m - 1.0) < 1e-4 and abs(head.c) < 0.05):
-            return self.mask
+            return None
         # Crop px -> ROI px: the inverse crop map, then minus the ROI origin.
         to_crop = Similarity(complex(self.crop_matrix[0, 0], 0.0),
                              complex(self.crop_matrix[0, 2], self.crop_matrix[1, 2]))
         origin = Similarity(1.0 + 0.0j, -complex(*self.origin))
-        in_roi = origin.inverse().then(to_crop).then(head).then(to_crop.inverse()).then(origin)
+        return origin.inverse().then(to_crop).then(head).then(to_crop.inverse()).then(origin).matrix()
+
+    def moved_mask(self, head: Similarity | None) -> np.ndarray:
+        """The avatar's head mask, widened to where the head now is (union with the mask moved by
+        the head motion), so a turned or shifted head is never cut off by the seam."""
+        motion = self.roi_motion(head)
+        if motion is None:
+            return self.mask
         h, w = self.mask.shape
-        moved = cv2.warpAffine(self.mask, in_roi.matrix(), (w, h), flags=cv2.INTER_LINEAR,
+        moved = cv2.warpAffine(self.mask, motion, (w, h), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return np.maximum(self.mask, moved)
 

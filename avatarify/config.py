@@ -10,6 +10,8 @@ import argparse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from avatarify.wire import DEFAULT_TOKEN_FILE, TRANSPORTS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AVATARS_DIR = Path("avatars")
 # Where --engine auto looks for the FOMM checkpoint when --checkpoint is not given (first found wins).
@@ -18,7 +20,7 @@ DEFAULT_CHECKPOINTS = (
     PROJECT_ROOT / "checkpoints" / "vox-cpk.pth.tar",
 )
 DEFAULT_CACHE_DIR = PROJECT_ROOT / "cache"
-ENGINES = ("auto", "mesh", "fomm")
+ENGINES = ("auto", "mesh", "fomm", "remote")
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -46,19 +48,29 @@ class Settings:
     demo: bool = _knob(False, "write two public-domain sample photos into avatars/ and use them")
     # --- engine ---------------------------------------------------------------------------------
     engine: str = _knob("auto", "animation engine: mesh (embedded, no weights), fomm (neural, needs "
-                                "a checkpoint), or auto (fomm when a checkpoint is given or found "
-                                "in checkpoints/, else mesh)")
+                                "a checkpoint), remote (fomm on a server, see --server), or auto (fomm "
+                                "when a checkpoint is given or found in checkpoints/, else mesh)")
     checkpoint: Path | None = _knob(None, "FOMM checkpoint (vox-adv-cpk.pth.tar); default: looked "
                                           "up in checkpoints/")
-    backend: str = _knob("auto", "FOMM runner: auto picks TensorRT, then onnxruntime (CUDA, then "
-                                 "CPU), then torch")
-    device: str = _knob("auto", "FOMM device: auto uses CUDA when available")
-    precision: str = _knob("auto", "FOMM arithmetic: auto is fp16 on a GPU and fp32 on the CPU; bf16 "
-                                   "(torch backend) is 1.8-4x faster than fp32 on CPUs with AVX-512 "
-                                   "bf16 or AMX, close but not exact")
+    backend: str = _knob("auto", "FOMM runner: auto takes the fastest path that runs here: a GPU path "
+                                 "(TensorRT, onnxruntime CUDA, torch CUDA) if one runs, else the faster "
+                                 "of torch and onnxruntime on the CPU; timed once at the first start "
+                                 "and cached beside the ONNX export")
+    device: str = _knob("auto", "FOMM device: auto uses a GPU path when one runs here; cpu keeps FOMM "
+                                "on the CPU")
+    precision: str = _knob("auto", "FOMM arithmetic: auto is fp16 on a GPU, bf16 for torch on CPUs with "
+                                   "native bf16 (AVX512_BF16 or AMX; 1.8-4x faster than fp32, close but "
+                                   "not exact), else fp32")
     size: int | None = _knob(None, "side of the square output with --framing crop (256 or 512; default "
                                    "256); with --framing call the output is the camera size and this is "
                                    "ignored (FOMM's network always runs at 256)")
+    server: str | None = _knob(None, "remote engine: the server's HOST:PORT (its gRPC port, 8001 if not "
+                                     "given), started with `python -m avatarify.server`")
+    token_file: Path = _knob(DEFAULT_TOKEN_FILE, "remote engine: file with the server's access token (the "
+                                                 "server writes it at its first start)")
+    transport: str = _knob("raw", "remote engine: raw sends 8-bit crops and gets float predictions "
+                                  "(identical to local FOMM; 236 Mbit/s at 30 fps, for a LAN), jpeg sends "
+                                  "and gets JPEG (~5 Mbit/s; small error, see README)")
     cache_dir: Path = _knob(DEFAULT_CACHE_DIR, "where exported ONNX / TensorRT files are cached "
                                                "(keyed by the checkpoint's hash)")
     # --- outputs --------------------------------------------------------------------------------
@@ -114,6 +126,9 @@ _FLAGS: dict[str, dict] = {
     "precision": {"choices": PRECISIONS},
     "size": {"type": int, "choices": SIZES},
     "framing": {"choices": FRAMINGS},
+    "server": {"metavar": "HOST:PORT"},
+    "token_file": {"type": Path, "metavar": "FILE"},
+    "transport": {"choices": TRANSPORTS},
     "cache_dir": {"type": Path, "metavar": "DIR"},
     "output": {"type": Path, "metavar": "FILE.mp4"},
     "virtual_cam": {"action": argparse.BooleanOptionalAction},

@@ -27,13 +27,15 @@ class HudInfo:
     providers: list[str]
     status: list[str]  # face found / lost, avatar, strength, find-best score
     message: str = ""  # the last hotkey's effect
+    backend_note: str = ""  # e.g. "GPU idle: <name>" when FOMM runs on the CPU beside an NVIDIA GPU
 
 
 def hud_lines(info: HudInfo) -> list[str]:
     stages = " ".join(f"{name} {ms:.1f}" for name, ms in info.stage_ms.items())
     lines = [f"{info.fps:5.1f} fps  latency {info.latency_ms:.1f} ms",
              f"ms: {stages}",
-             f"{info.engine} on {', '.join(info.providers) or '?'}",
+             f"{info.engine} on {', '.join(info.providers) or '?'}"
+             + (f" ({info.backend_note})" if info.backend_note else ""),
              *info.status]
     if info.message:
         lines.append(info.message)

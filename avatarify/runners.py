@@ -8,6 +8,7 @@ All runners take and return numpy float32 RGB NCHW images (1, 3, 256, 256) in [0
 """
 from __future__ import annotations
 
+import io
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -62,9 +63,15 @@ class FommRunner(ABC):
         self._calibration = self.calibration_state(self._source, neutral)
 
     def animate(self, driving: np.ndarray, strength: float = 1.0) -> np.ndarray:
+        self.cached_state()  # raises before any work when the avatar or the neutral is missing
+        return self.animate_batch(driving, [(self._source, self._calibration)], [strength])
+
+    def cached_state(self) -> Arrays:
+        """The avatar's and the calibration's cached arrays by frame-graph input name (the same
+        array objects every frame until the avatar or the neutral changes: device copies key on them)."""
         if self._source is None or self._calibration is None:
             raise RunnerError("animate needs an avatar and a neutral pose; call prepare_source and set_neutral.")
-        return self.animate_batch(driving, [(self._source, self._calibration)], [strength])
+        return {**self._source, **self._calibration}
 
     # -- the same work for several avatars at once (a server's sessions) ----------------------------
     def source_state(self, source: np.ndarray) -> Arrays:
@@ -187,6 +194,7 @@ class TorchRunner(FommRunner):
         self.providers = [self._label(keypoint_precision) + ("-compiled" if compiled else "")
                           + ("-cudagraph" if graphed else "")]
         self._on_device: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
+        self._strength: tuple[float, torch.Tensor] | None = None
 
     def _check_precision(self, precision: str) -> None:
         if precision not in PRECISIONS:
@@ -237,20 +245,56 @@ class TorchRunner(FommRunner):
     def _frame(self, feeds: Arrays) -> np.ndarray:
         return self._run(self.frame_call, *(feeds[name] for name in FUSED_FRAME_INPUTS))[0]
 
+    def animate_tensor(self, driving: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        """Device in, device out: driving (1, 3, 256, 256) float on this runner's device → the
+        prediction there, without host copies (the cached avatar and calibration tensors were
+        uploaded once). With a CUDA graph the result is overwritten by the next call."""
+        cached = self.cached_state()
+        if self._strength is None or self._strength[0] != strength:
+            # One device tensor per value: no upload, and no graph input copy, while it holds.
+            self._strength = (strength, torch.tensor([strength], dtype=torch.float32, device=self.device))
+        tensors = [driving, *(self._tensor(cached[name]) for name in FUSED_FRAME_INPUTS[1:-1]), self._strength[1]]
+        with torch.inference_mode():
+            return self.frame_call(*tensors)
+
+
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that onnxruntime-gpu's [cuda,cudnn] extras installed from
+    pip (nvidia-* wheels), before the first session: without a system CUDA toolkit the CUDA provider
+    would not find them and onnxruntime would run on the CPU. A no-op for CPU builds and where
+    onnxruntime has no `preload_dlls` (before 1.21); what it prints goes to the debug log."""
+    import contextlib
+
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or not hasattr(ort, "preload_dlls"):
+        return
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            ort.preload_dlls()
+        except (OSError, RuntimeError) as exc:  # the session's provider check says what runs
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+    if printed.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
+
 
 def onnxruntime_providers(device: str = "auto", tensorrt_cache: Path | None = None,
-                          fp16: bool = False) -> list:
-    """Providers in preference order TensorRT → CUDA → CPU among those this onnxruntime build has."""
+                          fp16: bool = False, only: str | None = None) -> list:
+    """Providers in preference order TensorRT → CUDA → CPU among those this onnxruntime build has;
+    `only` ("tensorrt", "cuda" or "cpu") asks for that provider first, with only the fallbacks behind
+    it (TensorRT keeps CUDA for the nodes it does not take; the CPU is always last)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()  # what the build offers; what runs is asked later
     chosen: list = []
-    if device in ("auto", "cuda"):
+    if device in ("auto", "cuda") and only in (None, "tensorrt"):
         if "TensorrtExecutionProvider" in available and tensorrt_cache is not None:
             tensorrt_cache.mkdir(parents=True, exist_ok=True)
             chosen.append(("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
                                                          "trt_engine_cache_path": str(tensorrt_cache),
                                                          "trt_fp16_enable": fp16}))
+    if device in ("auto", "cuda") and only in (None, "tensorrt", "cuda"):
         if "CUDAExecutionProvider" in available:
             chosen.append("CUDAExecutionProvider")
     chosen.append("CPUExecutionProvider")
@@ -267,7 +311,7 @@ class OnnxRuntimeRunner(FommRunner):
     name = "onnxruntime"
 
     def __init__(self, onnx_dir: str | Path, device: str = "auto", fp16: bool = False, threads: int = 2,
-                 fused: bool = True, adapt_scale: bool = True) -> None:
+                 fused: bool = True, adapt_scale: bool = True, only: str | None = None) -> None:
         super().__init__(adapt_scale)
         import onnxruntime as ort
 
@@ -277,7 +321,9 @@ class OnnxRuntimeRunner(FommRunner):
         options.intra_op_num_threads = threads
         # Three sessions share few cores: idle pools spinning would steal them from the running one.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = onnxruntime_providers(device, onnx_dir / "trt_cache", fp16)
+        providers = onnxruntime_providers(device, onnx_dir / "trt_cache", fp16, only)
+        if any(p != "CPUExecutionProvider" for p in providers):
+            preload_cuda_libraries()
 
         def session(filename: str) -> "ort.InferenceSession":
             path = onnx_dir / filename

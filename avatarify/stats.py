@@ -48,10 +48,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS
 
 
-def _percentiles(values_ms: array) -> dict[str, float]:
-    if not values_ms:
+def percentiles(values_ms: array | np.ndarray) -> dict[str, float]:
+    """{p50, p95} of durations in ms (an array('d') or a numpy array); zeros when there are none."""
+    if len(values_ms) == 0:
         return {"p50": 0.0, "p95": 0.0}
-    p50, p95 = np.percentile(np.frombuffer(values_ms, dtype=np.float64), [50, 95])
+    p50, p95 = np.percentile(np.asarray(values_ms, dtype=np.float64), [50, 95])
     return {"p50": round(float(p50), 3), "p95": round(float(p95), 3)}
 
 
@@ -143,8 +144,8 @@ class Stats:
             "engine": engine,
             "backend": backend_info.get("backend", "unknown"),
             "providers": list(backend_info.get("providers", [])),
-            "stages_ms": {name: _percentiles(values) for name, values in self._stages.items()},
-            "latency_ms": _percentiles(self._latency_ms),
+            "stages_ms": {name: percentiles(values) for name, values in self._stages.items()},
+            "latency_ms": percentiles(self._latency_ms),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "startup_s": round(self.startup_s, 3) if self.startup_s is not None else None,
         }

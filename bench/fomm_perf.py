@@ -12,7 +12,13 @@ Paths (each with its precision and its error against the official fp32 predictio
   precision with the keypoint detector in fp32 (`_kpfp16`: in fp16 too); on cuda `_cudagraph` paths
   replay one CUDA graph (their GPU-only replay time is in `cuda_graph_replay_ms`), and --compile
   adds torch.compile (inductor) variants;
-- ort_split: onnxruntime over the exported graphs (fastest of fused / unfused keypoint detector).
+- ort_split: onnxruntime over the exported graphs (fastest of fused / unfused keypoint detector);
+- on cuda, the app's GPU paths with their frame I/O (uint8 crop in, uint8 picture out, conversions
+  on the GPU): torch_device_io_fp16_cudagraph, ort_cuda_iobinding, ort_tensorrt_iobinding (when the
+  build has TensorRT); without CUDA they are skipped and `gpu_paths_skipped` says why;
+- batched throughput (`batched`): FommRunner.animate_batch over B frames of B avatars in one pass
+  for the fastest torch path of the device (bf16 on a CPU with native bf16, fp16 + CUDA graph on a
+  GPU), B = --batches (1, 8, 32): frames/s and how many 30-fps users that serves.
 Timing: every path is warmed up, then the paths take turns frame by frame (interleaved rounds), so
 load from other processes hits them alike; the JSON holds per-path medians. `speedup` is
 official_style / fastest split at any precision, `speedup_fp32` the same over fp32 paths only.
@@ -36,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avatarify.backends import cpu_flags, has_native_bf16  # noqa: E402
 from avatarify.runners import CudaGraphed, OnnxRuntimeRunner, TorchRunner  # noqa: E402
 from bench.common import write_json  # noqa: E402
 from export.onnx_export import cached_export, sample_photos  # noqa: E402
@@ -121,12 +128,70 @@ def torch_paths(kp_detector, generator, device: str, photos: tuple[np.ndarray, .
             for name, precision, options in variants]
 
 
-def ort_paths(checkpoint: Path, out: Path, args: argparse.Namespace, photos: tuple[np.ndarray, ...]) -> list[BenchPath]:
-    onnx_dir = cached_export(checkpoint, out / "onnx_cache" if args.keep_onnx else
-                             Path(tempfile.gettempdir()) / "fomm_perf_onnx", progress=False)
+def ort_paths(onnx_dir: Path, args: argparse.Namespace, photos: tuple[np.ndarray, ...]) -> list[BenchPath]:
     return [runner_path("ort_split_fused" if fused else "ort_split_unfused", "fp32",
                         OnnxRuntimeRunner(onnx_dir, device=args.device, threads=args.threads or 2, fused=fused),
                         photos) for fused in (True, False)]
+
+
+def gpu_paths(kp_detector, generator, onnx_dir: Path | None, photos: tuple[np.ndarray, ...]) -> list[BenchPath]:
+    """The app's GPU paths end to end on the network: uint8 crop up, conversions on the GPU, uint8
+    prediction down (the paste-back is not included: it is the same work on every path)."""
+    from avatarify.device_io import OrtDeviceIO, TorchDeviceIO
+    from avatarify.engines.fomm import bgr_to_network
+
+    source, neutral, driving = photos
+    crop_bgr = np.ascontiguousarray((driving[0].transpose(1, 2, 0)[:, :, ::-1] * 255 + 0.5).astype(np.uint8))
+
+    def path(name: str, precision: str, runner, frame_io) -> BenchPath:
+        runner.prepare_source(source)
+        runner.set_neutral(neutral)
+        return BenchPath(name, precision, lambda: bgr_to_network(frame_io.predict_bgr(crop_bgr, 1.0)), runner)
+
+    runner = TorchRunner(kp_detector, generator, device="cuda", precision="fp16")
+    paths = [path("torch_device_io_fp16_cudagraph", "fp16", runner, TorchDeviceIO(runner))]
+    if onnx_dir is not None:
+        import onnxruntime as ort
+
+        for only, name, precision in (("cuda", "ort_cuda_iobinding", "fp32"),
+                                      ("tensorrt", "ort_tensorrt_iobinding", "fp16")):
+            wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[only]
+            if wanted not in ort.get_available_providers():
+                log.info("%s skipped: this onnxruntime has no %s", name, wanted)
+                continue
+            ort_runner = OnnxRuntimeRunner(onnx_dir, device="cuda", fp16=precision == "fp16", only=only)
+            if ort_runner.providers[0] != wanted:
+                log.warning("%s skipped: the session runs on %s", name, ort_runner.providers)
+                continue
+            paths.append(path(name, precision, ort_runner, OrtDeviceIO(ort_runner, "cuda")))
+    return paths
+
+
+def batched_throughput(runner, photos: tuple[np.ndarray, ...], batches: list[int], sync: Callable[[], None],
+                       repeats: int) -> dict:
+    """frames/s of animate_batch at each batch size: B frames of B avatars (two photos alternating,
+    each with its own neutral and strength) in one network pass; median of `repeats` calls."""
+    source, neutral, driving = photos
+    states = [(runner.source_state(image), None) for image in (source, driving)]
+    states = [(state, runner.calibration_state(state, neutral)) for state, _ in states]
+    result = {}
+    for batch in batches:
+        frames = np.concatenate([driving if i % 2 else neutral for i in range(batch)])
+        chosen = [states[i % 2] for i in range(batch)]
+        strengths = [1.0 - 0.1 * (i % 3) for i in range(batch)]
+        runner.animate_batch(frames, chosen, strengths)  # warm-up (and a CUDA graph per batch size)
+        sync()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            runner.animate_batch(frames, chosen, strengths)
+            sync()
+            times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        result[str(batch)] = {"ms_per_call": round(seconds * 1e3, 2), "frames_per_s": round(batch / seconds, 2),
+                              "users_at_30fps": round(batch / seconds / 30.0, 2)}
+        log.info("batch %d: %.1f frames/s", batch, batch / seconds)
+    return result
 
 
 def graph_replay_ms(runner, frames: int) -> float | None:
@@ -154,7 +219,11 @@ def plot(result: dict, path: Path) -> None:
     paths = result["paths"]
     names = list(paths)
     colors = {"fp32": "#2a7ab9", "bf16": "#d9822b", "fp16": "#c23b22"}
-    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(names)), 4))
+    batched = result.get("batched")
+    width = max(7, 1.3 * len(names))
+    fig, axes = plt.subplots(1, 2 if batched else 1, figsize=(width + (4 if batched else 0), 4),
+                             gridspec_kw={"width_ratios": [width, 4]} if batched else None, squeeze=False)
+    ax = axes[0][0]
     bars = ax.bar(names, [paths[n]["ms"] for n in names],
                   color=["#999999" if n == "official_style" else colors[paths[n]["precision"]] for n in names])
     ax.bar_label(bars, labels=[f"{paths[n]['ms']:.1f}\n{paths[n]['precision']}" for n in names], fontsize=8)
@@ -163,6 +232,15 @@ def plot(result: dict, path: Path) -> None:
                  f"(fp32 only: {result['speedup_fp32']}×)", fontsize=10)
     ax.margins(y=0.2)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
+    if batched:
+        sizes = list(batched["frames_per_s"])
+        rates = [batched["frames_per_s"][b]["frames_per_s"] for b in sizes]
+        side = axes[0][1]
+        bars = side.bar([f"batch {b}" for b in sizes], rates, color=colors[batched["precision"]])
+        side.bar_label(bars, labels=[f"{r:.1f}/s\n{r / 30:.2f} users" for r in rates], fontsize=8)
+        side.set_ylabel("frames / s (animate_batch)")
+        side.set_title(f"batched, {batched['path']}", fontsize=10)
+        side.margins(y=0.25)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -213,11 +291,31 @@ def run(args: argparse.Namespace) -> dict:
     official = BenchPath("official_style", "fp32", official_style(
         kp_detector, generator, source_t.to(device), neutral_t.to(device), driving_t.to(device)))
     paths = [official, *torch_paths(kp_detector, generator, args.device, photos, args.compile)]
+    onnx_dir = None
     if not args.no_ort:
-        paths.extend(ort_paths(checkpoint, out, args, photos))
+        onnx_dir = cached_export(checkpoint, out / "onnx_cache" if args.keep_onnx else
+                                 Path(tempfile.gettempdir()) / "fomm_perf_onnx", progress=False)
+        paths.extend(ort_paths(onnx_dir, args, photos))
+    gpu_skipped = None
+    if device.type == "cuda":
+        paths.extend(gpu_paths(kp_detector, generator, onnx_dir, photos))
+    else:
+        gpu_skipped = (f"no CUDA GPU visible to torch {torch.__version__}: the GPU paths (torch device I/O, "
+                       f"onnxruntime CUDA / TensorRT with IOBinding) were not run; run with --device cuda on a GPU")
+        log.info("%s", gpu_skipped)
     medians = interleaved_medians(paths, args.frames, args.warmup, sync)
 
     result = summarize(paths, medians, as_numpy(official.step()))
+    if gpu_skipped:
+        result["gpu_paths_skipped"] = gpu_skipped
+    if args.batches:
+        batch_precision = ("fp16" if device.type == "cuda" else
+                           "bf16" if has_native_bf16(cpu_flags()) else "fp32")
+        batch_runner = TorchRunner(kp_detector, generator, device=args.device, precision=batch_precision,
+                                   optimized=True)
+        result["batched"] = {"path": batch_runner.providers[0], "precision": batch_precision,
+                             "frames_per_s": batched_throughput(batch_runner, photos, args.batches, sync,
+                                                                args.batch_repeats)}
     if device.type == "cuda":
         replay = {p.name: graph_replay_ms(p.runner, 50) for p in paths if p.runner is not None}
         result["cuda_graph_replay_ms"] = {n: round(ms, 3) for n, ms in replay.items() if ms is not None}
@@ -245,9 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-onnx", action="store_true", help="keep the exported graphs under OUT/onnx_cache")
     parser.add_argument("--compile", action="store_true", help="cuda: also time the fp16 path through torch.compile")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="cuda: let cuDNN time its conv algorithms")
+    parser.add_argument("--batches", type=lambda text: [int(b) for b in text.split(",") if b], default=[1, 8, 32],
+                        help="batch sizes for the batched-throughput figure (comma list; empty: skip)")
+    parser.add_argument("--batch-repeats", type=int, default=3, help="timed calls per batch size")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.exit(2, "error: --device cuda needs a CUDA GPU and a CUDA build of torch.\n")
+        parser.exit(0, f"skipped: --device cuda needs a CUDA GPU and a CUDA build of torch (torch "
+                       f"{torch.__version__} sees none); nothing was measured.\n")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("ignore", category=UserWarning)
     result = run(args)

@@ -7,6 +7,14 @@ each is met) and `contact_sheet.png` (driving frames above the animated avatar a
 
     python bench/live_perf.py --out /tmp/live_bench [--engine mesh] [--cam-width 1280 --cam-height 720]
     python bench/live_perf.py --out /tmp/live_crop --framing crop --size 256   # the old square output
+    python bench/live_perf.py --out /tmp/live_fomm --engine fomm [--checkpoint CKPT] [--backends auto,torch,onnxruntime] [--device cuda]
+
+With --engine fomm every backend of --backends runs the same clip (first one untimed warm-up run per
+backend, which exports the ONNX graphs and, for auto, times the candidates once into the cache under
+--out; then --repeats rounds in which the backends take turns); `backends` in the JSON holds each
+one's medians, `auto_vs_best_explicit` the ratio of auto's fps to the best explicit backend's, and
+`backends.png` charts them. Without --checkpoint, random weights in the official layout are used.
+--device cuda without a CUDA GPU writes a JSON that says it was skipped and measures nothing.
 """
 from __future__ import annotations
 
@@ -43,7 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="folder for the clip, JSON and picture")
     parser.add_argument("--engine", default="mesh", choices=("mesh", "fomm"))
     parser.add_argument("--checkpoint", type=Path, default=None, help="FOMM checkpoint (--engine fomm)")
-    parser.add_argument("--backend", default="auto", help="FOMM backend, as run_live.py --backend")
+    parser.add_argument("--backends", default="auto,torch,onnxruntime",
+                        help="FOMM backends to compare (comma list of run_live.py --backend values)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="FOMM --device")
     parser.add_argument("--framing", default="call", choices=("call", "crop"), help="as run_live.py --framing")
     parser.add_argument("--cam-width", type=int, default=1280, help="camera frame width (--framing call)")
     parser.add_argument("--cam-height", type=int, default=720, help="camera frame height (--framing call)")
@@ -63,8 +73,8 @@ def write_inputs(out: Path, frames: int, clip_size: int) -> tuple[Path, Path, np
     return clip_path, avatar_path, np.stack(clip_frames)
 
 
-def run_app(args: argparse.Namespace, avatar: Path, clip: Path, stats: Path,
-            output: Path | None = None) -> tuple[dict, list[str]]:
+def run_app(args: argparse.Namespace, avatar: Path, clip: Path, stats: Path, output: Path | None = None,
+            backend: str | None = None, max_frames: int | None = None) -> tuple[dict, list[str]]:
     command = [sys.executable, str(REPO_ROOT / "run_live.py"), "--avatar", str(avatar), "--camera", str(clip),
                "--engine", args.engine, "--framing", args.framing, "--no-preview", "--no-virtual-cam",
                "--stats", str(stats)]
@@ -72,10 +82,13 @@ def run_app(args: argparse.Namespace, avatar: Path, clip: Path, stats: Path,
         command += ["--size", str(args.size), "--cam-width", str(args.size), "--cam-height", str(args.size)]
     else:
         command += ["--cam-width", str(args.cam_width), "--cam-height", str(args.cam_height)]
-    if args.checkpoint is not None:
-        command += ["--checkpoint", str(args.checkpoint), "--backend", args.backend]
+    if args.engine == "fomm":
+        command += ["--checkpoint", str(args.checkpoint), "--backend", backend or "auto", "--device", args.device,
+                    "--cache-dir", str(args.out / "cache")]
     if output is not None:
         command += ["--output", str(output)]
+    if max_frames is not None:
+        command += ["--max-frames", str(max_frames)]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"run_live.py failed ({result.returncode}): {result.stderr.strip().splitlines()[-1]}")
@@ -120,12 +133,112 @@ def contact_sheet(driving: np.ndarray, animated_path: Path, tile: int = 192) -> 
     return sheet
 
 
+def gpu_missing() -> str | None:
+    """Why --device cuda cannot run here, or None."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return f"no CUDA GPU visible to torch {torch.__version__}: the GPU paths were not run, nothing was measured"
+
+
+def plot_backends(backends: dict, ratio: float | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(backends)
+    fps = [backends[n]["medians"]["fps"] for n in names]
+    fig, ax = plt.subplots(figsize=(2 + 1.8 * len(names), 4))
+    bars = ax.bar([f"{n}\n{backends[n]['providers'][0]}" for n in names], fps,
+                  color=["#c23b22" if n == "auto" else "#2a7ab9" for n in names])
+    ax.bar_label(bars, labels=[f"{f:.2f} fps\np95 {backends[n]['medians']['latency_p95_ms']:.0f} ms"
+                               for n, f in zip(names, fps)], fontsize=8)
+    ax.set_ylabel("frames / s, app end to end (median)")
+    ax.set_title("FOMM backends" + (f": auto = {ratio:.3f} x best explicit" if ratio else ""), fontsize=10)
+    ax.margins(y=0.25)
+    plt.setp(ax.get_xticklabels(), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare_backends(args: argparse.Namespace, avatar: Path, clip: Path, driving: np.ndarray, started: float) -> dict:
+    """--engine fomm: each backend warmed up once, then the backends take turns for --repeats rounds."""
+    backends = [b for b in args.backends.split(",") if b]
+    first_start = {}
+    for backend in backends:  # the one-time work (export, auto's timing) happens here, not in the timed runs
+        stats, _ = run_app(args, avatar, clip, args.out / f"stats_{backend}_warmup.json", backend=backend,
+                           max_frames=3)
+        first_start[backend] = stats["startup_s"]
+        log.info("%s warm-up: startup %.1f s, runs %s", backend, stats["startup_s"], stats["providers"])
+    runs: dict[str, list[dict]] = {b: [] for b in backends}
+    commands = {}
+    for repeat in range(args.repeats):
+        for backend in backends:
+            stats, commands[backend] = run_app(args, avatar, clip, args.out / f"stats_{backend}_run{repeat + 1}.json",
+                                               backend=backend)
+            runs[backend].append(stats)
+            log.info("%s run %d: %s", backend, repeat + 1, headline(stats))
+    results = {}
+    for backend in backends:
+        medians = {key: float(np.median([headline(s)[key] for s in runs[backend]])) for key in headline(runs[backend][0])}
+        first = runs[backend][0]
+        results[backend] = {"medians": medians, "providers": first["providers"], "backend": first["backend"],
+                            "candidate": first.get("candidate"), "choice": first.get("choice"),
+                            "ms_per_frame_at_start": first.get("ms_per_frame"),
+                            "stages_ms_run1": first["stages_ms"], "first_start_s": first_start[backend],
+                            "command": " ".join(commands[backend]), "runs": runs[backend]}
+    explicit = {b: r["medians"]["fps"] for b, r in results.items() if b != "auto"}
+    ratio = None
+    if "auto" in results and explicit:
+        best = max(explicit, key=explicit.get)
+        ratio = results["auto"]["medians"]["fps"] / explicit[best]
+    if "auto" in results:
+        animated = args.out / "animated.mp4"
+        run_app(args, avatar, clip, args.out / "stats_with_output.json", output=animated, backend="auto")
+        write_png(args.out / "contact_sheet.png", contact_sheet(driving, animated))
+    plot_backends(results, ratio, args.out / "backends.png")
+    return {"engine": "fomm", "framing": args.framing, "output_size": list(output_size(args)),
+            "frames": args.frames, "clip_size": args.clip_size,
+            "repeats": args.repeats, "device": args.device,
+            "checkpoint": str(args.checkpoint) if not args.random_checkpoint else "random weights (official layout)",
+            "backends": results,
+            "best_explicit": max(explicit, key=explicit.get) if explicit else None,
+            "auto_vs_best_explicit": None if ratio is None else round(ratio, 4),
+            "auto_within_5_percent": None if ratio is None else ratio >= 0.95,
+            "timing": "each backend: one untimed warm-up run, then rounds in which the backends take turns; "
+                      "medians over the rounds",
+            "bench_seconds": round(time.perf_counter() - started, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_cli_logging()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    if args.engine == "fomm" and args.device == "cuda" and (missing := gpu_missing()):
+        write_json(args.out / "live_perf.json", {"engine": "fomm", "device": "cuda", "skipped": missing})
+        print(f"skipped: {missing}")
+        return 0
     clip, avatar, driving = write_inputs(args.out, args.frames, args.clip_size)
+    if args.engine == "fomm":
+        args.random_checkpoint = args.checkpoint is None
+        if args.random_checkpoint:
+            from models.fomm.checkpoint import save_random_checkpoint
+
+            args.checkpoint = save_random_checkpoint(args.out / "random_fomm.pth.tar")
+        report = compare_backends(args, avatar, clip, driving, started)
+        write_json(args.out / "live_perf.json", report)
+        for backend, result in report["backends"].items():
+            medians = result["medians"]
+            print(f"fomm --backend {backend} ({result['providers'][0]}): {medians['fps']:.2f} fps, latency p95 "
+                  f"{medians['latency_p95_ms']:.0f} ms, startup {medians['startup_s']:.1f} s "
+                  f"(first start {result['first_start_s']:.1f} s)")
+        if report["auto_vs_best_explicit"] is not None:
+            print(f"auto / best explicit ({report['best_explicit']}): {report['auto_vs_best_explicit']:.3f}")
+        return 0
 
     runs, command = [], []
     for repeat in range(args.repeats):

@@ -138,7 +138,7 @@ def test_fomm_engine_end_to_end_reuses_the_cached_export(clip, photos, fomm_chec
     assert all(f.std() > 5 for f in frames)  # a picture, not a blank frame
 
 
-def test_fomm_torch_backend_runs_the_fast_fp32_net_on_the_cpu(clip, photos, fomm_checkpoint, tmp_path):
+def test_fomm_torch_backend_runs_the_fast_net_on_the_cpu(clip, photos, fomm_checkpoint, tmp_path):
     stats_path = tmp_path / "stats.json"
     result = run_cli("--avatar", str(photos / "1_hopper.jpg"), "--camera", str(clip[0]), "--engine", "fomm",
                      "--checkpoint", str(fomm_checkpoint), "--backend", "torch", "--device", "cpu",
@@ -146,7 +146,12 @@ def test_fomm_torch_backend_runs_the_fast_fp32_net_on_the_cpu(clip, photos, fomm
                      "--no-preview", "--no-virtual-cam")
     assert result.returncode == 0, result.stderr
     stats = json.loads(stats_path.read_text())
-    assert stats["frames"] == 2 and stats["providers"] == ["torch-cpu-optimized"]  # auto → fp32 on cpu
+    # --precision auto: bf16 where the CPU has native bf16 (AVX512_BF16 / AMX), else the fast fp32 net.
+    from avatarify.backends import Machine
+
+    expected = "torch-cpu-bf16" if Machine.detect().native_bf16 else "torch-cpu-optimized"
+    assert stats["frames"] == 2 and stats["providers"] == [expected]
+    assert stats["device"] == "cpu" and stats["choice"] == "--backend torch" and stats["frame_io"] == "host"
 
 
 def test_help_lists_every_contract_flag():

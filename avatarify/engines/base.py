@@ -29,6 +29,9 @@ class Animator(ABC):
     """
 
     name: str = "base"
+    # Capture time of the driving frame that the last `animate` picture shows; None means the frame
+    # just given. Set by engines that run a frame ahead (engines/pipelined.py), for the latency stats.
+    shown_timestamp: float | None = None
 
     def __init__(self) -> None:
         self.strength = 1.0
@@ -61,3 +64,10 @@ class Animator(ABC):
     def backend_info(self) -> dict:
         """What actually runs: {"backend": name, "providers": [...]} for the stats and the HUD."""
         return {"backend": "numpy", "providers": ["numpy-cpu"]}  # no onnxruntime session here
+
+    def run_stats(self) -> dict:
+        """Engine-specific keys for the --stats JSON (e.g. the remote engine's `rtt_ms`)."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the engine holds beyond memory (e.g. a server connection)."""

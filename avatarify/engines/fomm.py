@@ -56,11 +56,17 @@ class FommAnimator(Animator):
 
     name = "fomm"
 
-    def __init__(self, runner: FommRunner, margin: float = 0.3, weights: str = "the FOMM weights") -> None:
+    def __init__(self, runner: FommRunner, margin: float = 0.3, frame_io=None,
+                 weights: str = "the FOMM weights") -> None:
         super().__init__()
         self.runner = runner
         self.margin = margin
+        # On a GPU, avatarify.device_io converts the crop and the prediction where the network runs
+        # (`animate(paste_back, crop_bgr, strength, head)`, the torch path pasting back there too);
+        # None converts with numpy and OpenCV on the host.
+        self.frame_io = frame_io
         self.weights = weights  # what the finite-output check names: the checkpoint or the export folder
+        self.details: dict = {}  # how the backend was chosen (avatarify.backends), for stats and HUD
         self.paste_back: PasteBack | None = None
         self._has_neutral = False
         self._neutral_points: np.ndarray | None = None  # driving neutral landmarks, driving-crop px
@@ -116,8 +122,11 @@ class FommAnimator(Animator):
         if not self._has_neutral:
             self.set_neutral(driving)  # first frame is the neutral, as FOMM's demo does
         strength = float(self.strength) * float(driving.motion_scale)
+        head = self.head_motion(driving, strength)
+        if self.frame_io is not None:
+            return self.frame_io.animate(self.paste_back, driving.crop_bgr, strength, head)
         prediction = network_to_bgr(self.runner.animate(bgr_to_network(driving.crop_bgr), strength))
-        return self.paste_back.paste(prediction, self.head_motion(driving, strength))
+        return self.paste_back.paste(prediction, head)
 
     def head_motion(self, driving: DrivingFrame, strength: float) -> Similarity | None:
         """The driver's head motion since the neutral in network-crop pixels, scaled by the
@@ -131,4 +140,4 @@ class FommAnimator(Animator):
         return scaled_head_motion(head, complex(neutral.mean()), strength)
 
     def backend_info(self) -> dict:
-        return {"backend": self.runner.name, "providers": list(self.runner.providers)}
+        return {"backend": self.runner.name, "providers": list(self.runner.providers), **self.details}
