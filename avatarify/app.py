@@ -1,10 +1,15 @@
 """The live app: the one place that knows the order of the stages and wires them together.
 
-Per frame: capture → face landmarks → smoothed square driving crop → calibration (neutral pose,
-find-best-frame) → engine (the avatar picture animated at the camera's size) → sinks (virtual camera,
-video file: the same frame) → preview with HUD → hotkeys.
+Per frame: capture → face finder (detect, lock, landmarks on a crop, track) → smoothed square driving
+crop → calibration (neutral pose, find-best-frame) → engine (the avatar picture animated at the
+camera's size) → sinks (virtual camera, video file: the same frame) → preview with HUD → hotkeys.
+Time-based stages run on the frame's media time (the file's own clock for a video file, the capture
+clock for a webcam); latency is measured from the capture timestamp.
 Input: `Settings` (from the command line). Output: frames on the sinks and, with --stats, the
 statistics JSON. `main` turns the errors a user can cause into one line on stderr and exit code 2.
+Ctrl+C (SIGINT), SIGTERM and SIGHUP (a closed terminal, a service manager, logging out) all stop a run
+the same way: the output video is closed (playable to its last frame), --stats is written, camera and
+virtual camera are released, and the exit code is 128 + the signal number (130, 143, 129).
 `animate_file` is the offline path: a photo animated by a driving video into an mp4.
 """
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -26,11 +32,11 @@ from avatarify.capture import CaptureError, LiveCamera, VideoFileSource, open_fr
 from avatarify.compose import to_camera
 from avatarify.config import (DEFAULT_AVATARS_DIR, Settings, crop_size, find_default_checkpoint,
                               parse_args)
-from avatarify.datatypes import DrivingFrame
+from avatarify.datatypes import DrivingFrame, FaceLandmarks
 from avatarify.engines.base import Animator, AnimatorError
 from avatarify.hotkeys import Controls, handle_key
 from avatarify.hud import HudInfo, compose_preview, hud_lines
-from avatarify.landmarks import FaceMeshDetector
+from avatarify.finder import FaceFinder
 from avatarify.sinks import PreviewWindow, Sink, SinkError, VideoFileSink, VirtualCameraSink
 from avatarify.stats import Stats
 from avatarify.tracking import DrivingTracker, crop_matrix, pose_distance, square_face_box
@@ -38,6 +44,7 @@ from avatarify.tracking import DrivingTracker, crop_matrix, pose_distance, squar
 log = logging.getLogger("avatarify")
 
 EXIT_USER_ERROR = 2
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # those this OS has are handled alike
 _MESSAGE_SECONDS = 2.5  # how long a hotkey's message stays on the HUD
 PREVIEW_HEIGHT = 360  # px: the preview shows the driving crop and the call frame at this height
 _USER_ERRORS = (AvatarError, CaptureError, AnimatorError, SinkError)
@@ -61,6 +68,48 @@ def native_notices_silenced(enabled: bool = True) -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+class StopSignal(KeyboardInterrupt):
+    """A stop asked for by a signal. A KeyboardInterrupt, so every place that ends cleanly on Ctrl+C
+    ends cleanly on SIGTERM and SIGHUP too; `exit_code` is the shell's convention, 128 + the number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While inside: SIGINT, SIGTERM and SIGHUP raise StopSignal in the main thread. The next signal,
+    while the run closes its files, is only logged, so the closing is not cut short; a third ends the
+    process at once (a close that hangs can still be escaped)."""
+    received: list[int] = []
+
+    def handler(signum: int, frame) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise StopSignal(signum)
+        if len(received) == 2:
+            log.warning("%s: already stopping, closing the output first (once more to quit at once)",
+                        signal.Signals(signum).name)
+            return
+        os._exit(128 + signum)
+
+    previous = {}
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            previous[number] = signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,10 +188,10 @@ class LiveApp:
         self.stats = stats
         self.controls = Controls.from_settings(settings)
         self.controls.avatar_count = len(avatars)
-        self.detector = FaceMeshDetector(static=False)
+        self.finder = FaceFinder(settings.face_search_windows, settings.relock_after_s)
         with native_notices_silenced(not settings.verbose):
             # MediaPipe loads its models at the first detection: do it now, on a face, quietly.
-            self.detector.detect(avatars[0].image_bgr)
+            self.finder.warm_up(avatars[0].image_bgr)
         self.tracker = DrivingTracker(crop_size(settings), settings.crop_margin, settings.box_min_cutoff,
                                       settings.box_beta, settings.min_face_visible, settings.face_lost_ease_s)
         self.avatar_index = -1
@@ -170,20 +219,23 @@ class LiveApp:
                 captured = next(frames, None)
             if captured is None:
                 break
-            self.step(captured.frame_bgr, captured.timestamp)
+            self.step(captured.frame_bgr, captured.timestamp, captured.time)
 
-    def step(self, frame_bgr: np.ndarray, timestamp: float) -> np.ndarray:
-        """One frame through every stage; returns what the sinks received."""
+    def step(self, frame_bgr: np.ndarray, timestamp: float, media_time: float | None = None) -> np.ndarray:
+        """One frame through every stage; returns what the sinks received. `timestamp` is the capture
+        time (perf_counter) latency runs from; `media_time` the clock of the time-based stages
+        (default: the capture time, as for a live camera)."""
         stage = self.stats.stage
+        media_time = timestamp if media_time is None else media_time
         self._follow_mirror()
         if self.controls.mirror:
             frame_bgr = cv2.flip(frame_bgr, 1)
         with stage("detect"):
-            landmarks = self.detector.detect(frame_bgr)
+            landmarks = self._find_face(frame_bgr, media_time)
         with stage("crop"):
             self.tracker.crop.zoom = self.controls.zoom
             self.tracker.crop.offset = self.controls.offset
-            driving = self.tracker.update(frame_bgr, landmarks, timestamp)
+            driving = self.tracker.update(frame_bgr, landmarks, media_time)
         self._calibrate(driving)
         with stage("animate"):
             output, shown = self._animate(driving)
@@ -201,6 +253,21 @@ class LiveApp:
                 self._show_preview(frame_bgr, driving, output)
         self._apply_requests()
         return output
+
+    def _find_face(self, frame_bgr: np.ndarray, media_time: float) -> FaceLandmarks | None:
+        """The locked person's landmarks; hotkey n moves the lock to the next face (a new neutral)."""
+        asked = self.controls.next_face
+        if asked:
+            self.controls.next_face = False
+            self.finder.request_next_face()
+        landmarks = self.finder.find(frame_bgr, media_time)
+        if self.finder.switched:
+            self.tracker.crop.reset()  # the box would glide across the frame to the other face
+            self.controls.calibrate = True  # another person: their own neutral pose
+        if asked:
+            self.controls.message = self.finder.message
+            log.info("%s", self.finder.message)
+        return landmarks
 
     def _camera_frame(self, picture_bgr: np.ndarray) -> np.ndarray:
         """What the virtual camera and --output get: the camera size; the call framing already is,
@@ -250,6 +317,7 @@ class LiveApp:
         if self.controls.mirror != self._mirrored:
             # The picture flips, so the smoothed box would glide across the frame; start it afresh.
             self.tracker.crop.reset()
+            self.finder.reset()
             self._mirrored = self.controls.mirror
             self.controls.calibrate = True
 
@@ -335,7 +403,7 @@ class LiveApp:
             sink.close()
         if self.preview is not None:
             self.preview.close()
-        self.detector.close()
+        self.finder.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +446,8 @@ def open_sinks(settings: Settings, fps: float) -> tuple[list[Sink], PreviewWindo
 
 
 def run(settings: Settings, stats: Stats | None = None) -> dict:
-    """Run the app until the source ends, --max-frames, q/Esc or Ctrl+C. Returns the stats summary."""
+    """Run the app until the source ends, --max-frames or q/Esc, and return the stats summary. A stop
+    (KeyboardInterrupt, StopSignal) closes the sinks and writes the stats, then is raised again."""
     stats = stats or Stats()
     engine_choice = choose_engine(settings)  # a missing checkpoint is reported before any slow step
     if settings.size is not None and settings.framing == "call":
@@ -390,21 +459,22 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
     log.info("%d avatar%s loaded", len(avatars), "" if len(avatars) == 1 else "s")
     source = open_frame_source(settings.camera, settings.max_frames, settings.capture_width,
                                settings.capture_height)
-    animator = None
+    animator: Animator | None = None
+    stopped: KeyboardInterrupt | None = None
     try:
         animator = build_animator(settings, engine_choice)
         sinks, preview = open_sinks(settings, source.fps)
         app = LiveApp(settings, animator, avatars, source, sinks, preview, stats)
         try:
             app.run()
-        except KeyboardInterrupt:
-            log.info("stopped (Ctrl+C)")
+        except KeyboardInterrupt as stop:  # Ctrl+C, SIGTERM, SIGHUP: end as at the end of the video
+            stopped = stop
         finally:
-            app.close()
-        if app.faces_seen == 0:
+            app.close()  # first: the output file is finished and the virtual camera released
+        if app.faces_seen == 0 and stopped is None:
             log.warning("No face was found in any frame from %s; the avatar stayed still.", source.name)
     finally:
-        source.close()
+        _close_quietly(source)
         if animator is not None:
             animator.close()
     info = animator.backend_info()
@@ -418,7 +488,18 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
              ", ".join(summary["providers"]))
     if settings.stats is not None:
         stats.write(settings.stats, animator.name, info, summary)
+    if stopped is not None:
+        raise stopped
     return summary
+
+
+def _close_quietly(source: VideoFileSource | LiveCamera) -> None:
+    """Release the camera or file. Its progress bar writes to stderr, which is gone after a SIGHUP
+    from a closed terminal; that must not stop the statistics from being written."""
+    try:
+        source.close()
+    except OSError as exc:
+        log.debug("closing %s: %s", source.name, exc)
 
 
 def animate_file(avatar: Path, driving: Path, output: Path, engine: str = "auto",
@@ -457,11 +538,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     setup_logging(settings.verbose)
     try:
-        run(settings, stats)
+        with stop_on_signals():
+            run(settings, stats)
     except _USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:  # Ctrl+C while starting up; once running, the loop stops cleanly
-        print("stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl+C, SIGTERM, SIGHUP: the run has closed what it opened
+        _say(f"stopped ({stop})" if isinstance(stop, StopSignal) else "stopped")
+        return getattr(stop, "exit_code", 128 + signal.SIGINT)
     return 0
+
+
+def _say(line: str) -> None:
+    """A last line on stderr, if there still is one (not after a closed terminal's SIGHUP)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass

@@ -69,11 +69,28 @@ def find_avatar_files(paths: list[Path]) -> list[Path]:
     return files
 
 
+def is_cut_off(data: bytes) -> bool:
+    """True when a JPEG, PNG or WebP file ends before its image does (an interrupted copy or download).
+    Decoders fill the missing part with grey instead of failing, so the structure is checked here:
+    a JPEG's end-of-image marker must follow its last scan, a PNG must have its IEND chunk, a WebP
+    must be as long as its RIFF header says."""
+    if data[:3] == b"\xff\xd8\xff":
+        return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in data[-64:]
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return len(data) < 8 + int.from_bytes(data[4:8], "little")
+    return False
+
+
 def read_image(path: Path) -> np.ndarray:
     """A BGR uint8 image, or AvatarError. Decodes from bytes so non-ASCII paths work on every OS."""
     if not path.is_file():
         raise AvatarError(f"Avatar {path} does not exist; pass a jpg/png/webp photo or a folder with --avatar.")
     data = np.fromfile(str(path), dtype=np.uint8)
+    if is_cut_off(data.tobytes()):
+        raise AvatarError(f"Avatar {path} is cut off (the file ends before the image does); copy or save "
+                          f"it again, or use another photo.")
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise AvatarError(f"Avatar {path} is not a readable image; use a jpg, png or webp photo.")

@@ -583,7 +583,7 @@ def build_fomm_animator(settings, checkpoint: Path):
     origin = "" if chosen.ms is None or timed_now else f"; timings cached in {timings_path}"
     log.info("FOMM runs on %s (%s): %s%s", chosen.label, speed,
              choice.reason if auto else f"asked for with --backend {settings.backend}", origin)
-    animator = FommAnimator(built.runner, settings.crop_margin, frame_io=built.frame_io)
+    animator = FommAnimator(built.runner, settings.crop_margin, frame_io=built.frame_io, weights=str(checkpoint))
     animator.details = {"device": chosen.device, "candidate": chosen.label, "frame_io": getattr(
         built.frame_io, "where", "host"), "choice": choice.reason if auto else "--backend " + settings.backend,
         "ms_per_frame": None if chosen.ms is None else round(chosen.ms, 2)}

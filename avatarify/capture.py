@@ -3,7 +3,10 @@ webcam read on a background thread that keeps only the newest frame (stale frame
 never queued, so latency stays one frame at most).
 
 Input: a webcam index or a video file path. Output: `CapturedFrame` (BGR uint8 frame, capture
-timestamp from `time.perf_counter()` taken when the frame was read, index in the source).
+timestamp from `time.perf_counter()` taken when the frame was read, index in the source, and media time).
+Media time is the clock every time-based stage runs on (smoothing filters, the face-lost ease): a live
+camera's is its capture timestamp; a video file's is the file's own (the container's timestamp of the
+frame, or index / fps where the container has none), so a file renders the same at any processing speed.
 `open_frame_source` picks the reader; both readers iterate the same way and have `close()`.
 """
 from __future__ import annotations
@@ -30,8 +33,14 @@ class CaptureError(RuntimeError):
 @dataclass
 class CapturedFrame:
     frame_bgr: np.ndarray
-    timestamp: float  # time.perf_counter() when the frame was read
+    timestamp: float  # time.perf_counter() when the frame was read (latency is measured from it)
     index: int
+    media_time: float | None = None  # seconds on the source's own clock; None: the same as timestamp
+
+    @property
+    def time(self) -> float:
+        """The media time time-based stages use."""
+        return self.timestamp if self.media_time is None else self.media_time
 
 
 @dataclass
@@ -59,6 +68,15 @@ def open_video_file(path: str | Path) -> tuple[cv2.VideoCapture, VideoInfo]:
     return cap, info
 
 
+def _media_time(cap: cv2.VideoCapture, previous: float | None, fps: float) -> float:
+    """The frame's time in the file: the container's timestamp while it keeps increasing, else one
+    frame period after the previous frame (containers without timestamps report 0)."""
+    stamp = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+    if previous is None:
+        return stamp if stamp >= 0 else 0.0
+    return stamp if stamp > previous else previous + 1.0 / fps
+
+
 def iter_video_frames(path: str | Path, max_frames: int | None = None,
                       progress: bool = True) -> Iterator[CapturedFrame]:
     """Every frame of a video file, in order, with a progress bar on stderr."""
@@ -69,12 +87,13 @@ def iter_video_frames(path: str | Path, max_frames: int | None = None,
     try:
         with tqdm(total=total or None, unit="frame", desc=Path(path).name, disable=not progress,
                   leave=False) as bar:
-            index = 0
+            index, media_time = 0, None
             while max_frames is None or index < max_frames:
                 ok, frame = cap.read()
                 if not ok:
                     break
-                yield CapturedFrame(frame, time.perf_counter(), index)
+                media_time = _media_time(cap, media_time, info.fps)
+                yield CapturedFrame(frame, time.perf_counter(), index, media_time)
                 index += 1
                 bar.update(1)
     finally:
@@ -92,7 +111,20 @@ class VideoFileSource:
         self.path = Path(path)
         self.fps = self.info.fps
         self.dropped = 0
-        self._frames = iter_video_frames(path, max_frames=max_frames, progress=progress)
+        self._frames = self._read(max_frames, progress)
+
+    def _read(self, max_frames: int | None, progress: bool) -> Iterator[CapturedFrame]:
+        count = 0
+        for captured in iter_video_frames(self.path, max_frames=max_frames, progress=progress):
+            count += 1
+            yield captured
+        if count == 0:
+            raise CaptureError(f"{self.path} has no frame that can be decoded (an empty or damaged video); "
+                               f"use an mp4/avi/mov file that plays in a video player.")
+        expected = self.info.frame_count if max_frames is None else min(self.info.frame_count, max_frames)
+        if count < expected:
+            log.warning("%s ended after %d of its %d frames (the file is cut off or damaged).",
+                        self.path, count, expected)
 
     @property
     def name(self) -> str:

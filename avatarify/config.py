@@ -101,6 +101,11 @@ class Settings:
     crop_margin: float = _knob(0.3, "share of the face box side added on each side of the crop")
     box_min_cutoff: float = _knob(0.4, "One Euro cutoff (Hz) of the crop box when the head is still")
     box_beta: float = _knob(0.02, "One Euro speed coefficient of the crop box")
+    face_search_windows: int = _knob(3, "face detector runs per frame while no face is tracked (the whole "
+                                        "frame and tiles, in turn: a full pass takes 1, 3 and 6 frames at "
+                                        "640x480, 1280x720 and 1920x1080)")
+    relock_after_s: float = _knob(1.5, "seconds a lost face is searched for near its last place before the "
+                                       "largest face in view is taken instead")
     min_face_visible: float = _knob(0.6, "share of the face that must be inside the frame to track it")
     face_lost_ease_s: float = _knob(1.0, "seconds to ease back to the neutral pose when the face is lost")
     zoom_step: float = _knob(1.1, "crop zoom factor per w/s key press")

@@ -43,7 +43,9 @@ class DrivingFrame:
 
     crop_bgr: square BGR uint8 crop of the camera frame around the driving face (engine size).
     landmarks: the driving face's landmarks in crop pixels, or None when no face was found.
-    timestamp: capture time, `time.perf_counter()` seconds, taken when the frame was read.
+    timestamp: media time in seconds, the clock of every time-based stage (smoothing, the face-lost
+        ease): a live camera's capture time (`time.perf_counter()` when the frame was read), a video
+        file's own timestamp of the frame, so a file animates the same at any processing speed.
     motion_scale: 1 = full motion relative to the neutral; 0 = the neutral pose (the app eases
         this toward 0 while the face is lost, so the avatar settles instead of freezing mid-grimace).
     """

@@ -19,7 +19,7 @@ ESC = 27
 
 @dataclass
 class Controls:
-    """What the hotkeys change. `calibrate` and `reload_avatars` are requests the app clears."""
+    """What the hotkeys change. `calibrate`, `reload_avatars` and `next_face` are requests the app clears."""
 
     zoom_step: float
     move_step: float
@@ -31,6 +31,7 @@ class Controls:
     avatar_index: int = 0
     avatar_count: int = 1
     reload_avatars: bool = False
+    next_face: bool = False
     zoom: float = 1.0
     offset: np.ndarray = field(default_factory=lambda: np.zeros(2))  # crop shift, shares of its side
     overlay: bool = False
@@ -78,6 +79,11 @@ def _step_avatar(step: int) -> Callable[[Controls, str], str]:
         controls.avatar_index = (controls.avatar_index + step) % max(controls.avatar_count, 1)
         return f"avatar {controls.avatar_index + 1}"
     return step_avatar
+
+
+def _next_face(controls: Controls, key: str) -> str:
+    controls.next_face = True
+    return "looking for the next face"
 
 
 def _reload(controls: Controls, key: str) -> str:
@@ -135,6 +141,8 @@ HOTKEYS: tuple[Hotkey, ...] = (
     Hotkey(("a",), "a", "previous avatar", _step_avatar(-1)),
     Hotkey(("d",), "d", "next avatar", _step_avatar(+1)),
     Hotkey(("l",), "l", "reload the avatars folder", _reload),
+    Hotkey(("n",), "n", "next face: follow the next person to the right (with several people in view)",
+           _next_face),
     Hotkey(("w",), "w", "zoom the camera crop in", _zoom(+1)),
     Hotkey(("s",), "s", "zoom the camera crop out", _zoom(-1)),
     Hotkey(("u",), "u", "move the camera crop up", _move(0, -1)),

@@ -6,6 +6,11 @@ frames; static mode (avatar photos) detects from scratch on every call. In track
 which the face is newly found is run again a few times (see `FaceMeshDetector.SETTLE_PASSES`), so the
 first landmarks (the app's default neutral) come from the same face-region rule as all later ones.
 
+`FaceDetector` is MediaPipe's full-range face detector (BlazeFace, 192x192 input, faces up to ~5 m away)
+run on a window of a frame: input a BGR frame and an optional window, output `FaceBox`es in frame pixels.
+It finds faces the mesh's own short-range detector misses; the face finder (finder.py) runs it on the
+whole frame and on tiles, then Face Mesh on an upscaled crop around the face.
+
 Optional second backend: the `face-alignment` package (FAN, 68 iBUG points), behind the same
 interface. It is used only when the package is installed AND its weights are already in its cache
 (torch hub's checkpoints folder): this module never starts a download. The mesh engine needs Face
@@ -16,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -33,7 +39,7 @@ NUM_LANDMARKS = 478
 NUM_MESH_POINTS = 468  # the first 468 are the face mesh; 468..477 are the two irises
 
 
-def _in_frame_fraction(points: np.ndarray, width: int, height: int) -> float:
+def in_frame_fraction(points: np.ndarray, width: int, height: int) -> float:
     """Share of mesh points inside the image: MediaPipe extrapolates points of a face that leaves
     the frame, so this says how much of what we return was actually seen."""
     mesh = points[:NUM_MESH_POINTS]
@@ -79,7 +85,7 @@ class FaceMeshDetector:
             xyz = np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float32)
             pts = xyz[:, :2] * np.float32([width, height])
             # Face Mesh's z is in the scale of x (normalised by the image width).
-            faces.append(FaceLandmarks(pts, _in_frame_fraction(pts, width, height), (width, height),
+            faces.append(FaceLandmarks(pts, in_frame_fraction(pts, width, height), (width, height),
                                        xyz[:, 2] * np.float32(width)))
         faces.sort(key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
         return faces
@@ -89,6 +95,13 @@ class FaceMeshDetector:
         faces = self.detect_all(frame_bgr)
         return faces[0] if faces else None
 
+    def forget(self) -> None:
+        """Drop the tracked face region (tracking mode): the next call detects afresh. The solution has
+        no reset, but a frame without a face ends its track; a tiny blank one costs one detector run."""
+        if not self.static:
+            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
+            self._tracking = False
+
     def close(self) -> None:
         self._mesh.close()
 
@@ -97,6 +110,82 @@ class FaceMeshDetector:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Face detection: where faces are, before any landmark
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A detected face: its box (x0, y0, x1, y1) in frame pixels and the detector's score (0..1)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float
+
+    @property
+    def side(self) -> float:
+        return max(self.x1 - self.x0, self.y1 - self.y0)
+
+    @property
+    def centre(self) -> np.ndarray:
+        return np.array([(self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0])
+
+    def iou(self, other: "FaceBox") -> float:
+        """Intersection over union of the two boxes."""
+        w = max(0.0, min(self.x1, other.x1) - max(self.x0, other.x0))
+        h = max(0.0, min(self.y1, other.y1) - max(self.y0, other.y0))
+        inter = w * h
+        union = (self.x1 - self.x0) * (self.y1 - self.y0) + (other.x1 - other.x0) * (other.y1 - other.y0) - inter
+        return inter / union if union > 0 else 0.0
+
+
+# A window of a frame the detector looks at: (x0, y0, width, height) in frame pixels.
+Window = tuple[int, int, int, int]
+
+
+class FaceDetector:
+    """MediaPipe's full-range face detector on a window of a frame (the whole frame by default).
+
+    The detector letterboxes its input to 192x192 and needs a face about 16 px wide there (measured:
+    >= 95 % found from 16 px in dim, noisy frames), so one pass over a 1920x1080 frame finds faces from
+    ~160 px; the finder's tiles bring smaller faces to that size.
+    """
+
+    INPUT_SIDE = 192  # px: the model's square input
+
+    def __init__(self, min_confidence: float = 0.5) -> None:
+        import mediapipe as mp
+
+        self._detector = mp.solutions.face_detection.FaceDetection(model_selection=1,
+                                                                   min_detection_confidence=min_confidence)
+
+    def detect(self, frame_bgr: np.ndarray, window: Window | None = None) -> list[FaceBox]:
+        """Faces in `window` of the frame (boxes in frame pixels), best score first."""
+        x0, y0, width, height = window or (0, 0, frame_bgr.shape[1], frame_bgr.shape[0])
+        region = frame_bgr[y0:y0 + height, x0:x0 + width]
+        shrink = self.INPUT_SIDE / max(width, height)
+        if shrink < 1.0:
+            # The detector would sample the window down to its input without averaging, keeping the
+            # sensor noise at full strength; area averaging first is cheaper and finds noisy faces.
+            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+            region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+        rgb = cv2.cvtColor(region, cv2.COLOR_BGR2RGB)
+        rgb.flags.writeable = False
+        found = self._detector.process(rgb).detections or []
+        boxes = []
+        for detection in found:
+            box = detection.location_data.relative_bounding_box
+            left, top = x0 + box.xmin * width, y0 + box.ymin * height
+            boxes.append(FaceBox(float(left), float(top), float(left + box.width * width),
+                                 float(top + box.height * height), float(detection.score[0])))
+        return sorted(boxes, key=lambda b: -b.score)
+
+    def close(self) -> None:
+        self._detector.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,18 +5,28 @@ Input: an official checkpoint (vox-cpk.pth.tar / vox-adv-cpk.pth.tar). Output, i
 - `fomm_source.onnx`     source image → SOURCE_OUTPUTS                         (once per avatar)
 - `fomm_frame.onnx`      driving image + cached tensors → prediction         (per frame, kp detector fused)
 - `fomm_frame_kp.onnx`   driving keypoints + cached tensors → prediction     (optional, unfused variant)
-- `manifest.json`        checkpoint sha256, opset, input/output names, parity errors.
+- `manifest.json`        checkpoint sha256, opset, input/output names, parity errors, and each graph's
+                         size and sha256 (`files`).
 Each graph is single-file, opset 17, static 256×256, and is run on onnxruntime CPU against the torch
 modules on real photos; a max abs difference above 1e-4 raises ExportError.
+
+The app's cache (`cached_export`) heals itself: an export is written into a temporary folder and moved
+into place with one rename, under a lock file, so a crash, a full disk or two runs starting at once never
+leave a half-written cache; a cache whose files do not match their manifest is rebuilt (one log line).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -139,14 +149,14 @@ def check_graph(spec: GraphSpec, path: Path) -> float:
     return error
 
 
-def _writable_dir(out_dir: Path) -> Path:
+def _writable_dir(out_dir: Path, flag: str = "--out") -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".write_test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ExportError(f"Cannot write to output folder {out_dir} ({exc.strerror}); choose another --out.") from None
+        raise ExportError(f"Cannot write to output folder {out_dir} ({exc.strerror}); choose another {flag}.") from None
     return out_dir
 
 
@@ -185,28 +195,116 @@ def export_fomm(checkpoint: str | Path, out_dir: str | Path, fp16: bool = False,
             result.engines = step(steps[-1], lambda: build_engines(result.graphs, out, fp16=fp16))
     finally:
         bar.close()
+    files = {path.name: {"bytes": path.stat().st_size, "sha256": file_sha256(path)} for path in result.graphs.values()}
     manifest = result.manifest() | {"opset": OPSET, "fp16": fp16,
                                     "inputs": {s.filename: list(s.input_names) for s in specs},
-                                    "outputs": {s.filename: list(s.output_names) for s in specs}}
+                                    "outputs": {s.filename: list(s.output_names) for s in specs},
+                                    "files": files}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return result
+
+
+def cache_problem(folder: Path, checkpoint_sha256: str, unfused_frame: bool = True) -> str | None:
+    """What is wrong with the export cached in `folder` (a few words), or None when every graph is
+    there with the size and sha256 its manifest records."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return "its manifest.json is missing"
+    try:
+        data = json.loads(manifest.read_text())
+        files, graphs = dict(data["files"]), dict(data["graphs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its manifest.json is unreadable or from an older version"
+    if data.get("checkpoint_sha256") != checkpoint_sha256:
+        return "it was made from another checkpoint"
+    if unfused_frame and "fomm_frame_kp" not in graphs:
+        return "it lacks fomm_frame_kp.onnx"
+    for name in graphs.values():
+        path, expected = folder / name, files.get(name, {})
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            return f"{name} is {size} bytes instead of {expected.get('bytes')}"
+        if file_sha256(path) != expected.get("sha256"):
+            return f"{name} does not match its sha256"
+    return None
+
+
+def _try_lock(handle) -> bool:
+    """Take the exclusive lock on an open file without waiting; False if another process holds it."""
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` for this process (the OS drops it if the process dies), so runs
+    sharing a cache export one at a time; the others wait, then reuse the export."""
+    with open(path, "a+b") as handle:
+        if not _try_lock(handle):
+            log.info("Another run is exporting into %s; waiting for it.", path.parent)
+            while not _try_lock(handle):
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            if os.name == "nt":
+                import msvcrt
+
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _move_into_place(built: Path, out: Path) -> None:
+    """Put the finished export `built` at `out` with renames (a damaged `out` is moved aside first)."""
+    if out.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}-damaged-", dir=out.parent))
+        os.replace(out, aside / out.name)
+        shutil.rmtree(aside, ignore_errors=True)
+    os.replace(built, out)
 
 
 def cached_export(checkpoint: str | Path, cache_root: str | Path, progress: bool = True,
                   unfused_frame: bool = True) -> Path:
     """The export folder for this checkpoint under `cache_root/<sha256[:16]>`, exporting on first use.
 
-    The live app calls this on first run; a manifest with the same checkpoint hash means the
-    graphs are already there and checked.
+    The folder is reused when every graph matches the size and sha256 in its manifest; otherwise it is
+    rebuilt, saying so in one log line. The export is written to a temporary folder next to it and moved
+    into place by rename, under a lock, so concurrent runs and interrupted exports are safe.
     """
     digest = file_sha256(checkpoint)
-    out = Path(cache_root) / digest[:16]
-    manifest = out / "manifest.json"
-    if manifest.is_file():
-        data = json.loads(manifest.read_text())
-        if data.get("checkpoint_sha256") == digest and (not unfused_frame or "fomm_frame_kp" in data["graphs"]):
+    root = _writable_dir(Path(cache_root), "--cache-dir")
+    out = root / digest[:16]
+    with _cache_lock(root / f".{digest[:16]}.lock"):
+        problem = cache_problem(out, digest, unfused_frame)
+        if problem is None:
             log.info("Reusing the ONNX export in %s.", out)
             return out
-    log.info("First run with this checkpoint: exporting ONNX graphs into %s (once).", out)
-    export_fomm(checkpoint, out, progress=progress, unfused_frame=unfused_frame)
+        if out.exists():
+            log.warning("The ONNX cache in %s is damaged (%s); rebuilding it.", out, problem)
+        else:
+            log.info("First run with this checkpoint: exporting ONNX graphs into %s (once).", out)
+        building = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}-building-", dir=root))
+        try:
+            export_fomm(checkpoint, building, progress=progress, unfused_frame=unfused_frame)
+            manifest = json.loads((building / "manifest.json").read_text())
+            (building / "manifest.json").write_text(json.dumps(manifest | {"out_dir": str(out)}, indent=2))
+            _move_into_place(building, out)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
     return out

@@ -91,3 +91,28 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
     raw.write_bytes(pickle.dumps({"generator": _Payload(str(marker))}, protocol=4))
     assert "not a PyTorch checkpoint that can be loaded safely" in _error(raw)
     assert not marker.exists()
+
+
+def test_nan_weights_are_refused_naming_the_file_and_the_tensor(tmp_path, official):
+    damaged = {**official, "generator": dict(official["generator"])}
+    key = "final.weight"
+    damaged["generator"][key] = damaged["generator"][key].clone()
+    damaged["generator"][key][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.pth.tar"
+    torch.save(damaged, path)
+    message = _error(path)
+    assert "NaN or infinite" in message and f"generator.{key}" in message
+
+
+def test_a_first_prediction_with_nan_is_refused_naming_the_weights(astronaut_bgr):
+
+    from avatarify.engines.base import AnimatorError
+    from avatarify.engines.fomm import FommAnimator
+    from avatarify.runners import TorchRunner
+    from models.fomm.checkpoint import random_networks
+
+    kp_detector, generator = random_networks(seed=0)
+    generator.down_blocks[0].norm.weight.data.fill_(3e38)  # finite, but the next layers overflow
+    animator = FommAnimator(TorchRunner(kp_detector, generator), weights="overflowing.pth.tar")
+    with pytest.raises(AnimatorError, match="overflowing.pth.tar gives NaN or infinite output"):
+        animator.set_avatar(astronaut_bgr, None)

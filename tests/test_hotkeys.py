@@ -32,6 +32,11 @@ def test_calibrate_requests_a_neutral(controls):
     assert controls.calibrate
 
 
+def test_next_face_requests_a_switch(controls):
+    press(controls, "n")
+    assert controls.next_face and "next face" in controls.message
+
+
 @pytest.mark.parametrize("key, name", [("f", "find_best"), ("o", "overlay"), ("m", "mirror"),
                                        ("p", "passthrough"), ("i", "hud")])
 def test_toggles(controls, key, name):
@@ -111,7 +116,7 @@ def test_every_key_is_in_exactly_one_entry():
 
 
 def test_every_hotkey_is_tested_here():
-    tested = set("q c f 1 2 9 a d l w s u j h k z o m p i + = - r".split()) | {"Esc"}
+    tested = set("q c f 1 2 9 a d l n w s u j h k z o m p i + = - r".split()) | {"Esc"}
     assert {key for hotkey in HOTKEYS for key in hotkey.keys} - tested <= set("345678")
 
 

@@ -6,6 +6,9 @@ converted at the edges to RGB float NCHW 256×256; its 256-px prediction goes ba
 full-resolution picture through compose.PasteBack (inverse crop map, soft head mask that follows
 the driver's head motion, colour matched at the seam): hair, room and shoulders outside the mask
 keep the photo's own pixels. Motion strength s = `strength` × `DrivingFrame.motion_scale`.
+The avatar's rest prediction (run once per avatar) must be finite: NaN or infinity there (weights that
+overflow, a precision the weights do not survive) ends in one AnimatorError naming the weights,
+instead of an avatar that animates to black frames.
 FOMM cannot separate head pose from expression, so every `region` is treated as "all".
 """
 from __future__ import annotations
@@ -53,7 +56,8 @@ class FommAnimator(Animator):
 
     name = "fomm"
 
-    def __init__(self, runner: FommRunner, margin: float = 0.3, frame_io=None) -> None:
+    def __init__(self, runner: FommRunner, margin: float = 0.3, frame_io=None,
+                 weights: str = "the FOMM weights") -> None:
         super().__init__()
         self.runner = runner
         self.margin = margin
@@ -61,6 +65,7 @@ class FommAnimator(Animator):
         # (`animate(paste_back, crop_bgr, strength, head)`, the torch path pasting back there too);
         # None converts with numpy and OpenCV on the host.
         self.frame_io = frame_io
+        self.weights = weights  # what the finite-output check names: the checkpoint or the export folder
         self.details: dict = {}  # how the backend was chosen (avatarify.backends), for stats and HUD
         self.paste_back: PasteBack | None = None
         self._has_neutral = False
@@ -81,11 +86,11 @@ class FommAnimator(Animator):
                 raise AnimatorError("The torch backend needs --checkpoint PATH.")
             precision = precision or ("fp16" if fp16 else "fp32")
             return cls(TorchRunner(*load_fomm(checkpoint), device=device, precision=precision,
-                                   optimized=optimized))
+                                   optimized=optimized), weights=str(checkpoint))
         if backend == "onnxruntime":
             if onnx_dir is None:
                 raise AnimatorError("The onnxruntime backend needs the folder written by `python -m export`.")
-            return cls(OnnxRuntimeRunner(onnx_dir, device=device, fp16=fp16))
+            return cls(OnnxRuntimeRunner(onnx_dir, device=device, fp16=fp16), weights=f"the ONNX export in {onnx_dir}")
         raise AnimatorError(f"Unknown FOMM backend {backend!r}; use torch or onnxruntime.")
 
     def set_avatar(self, avatar_bgr: np.ndarray, landmarks: FaceLandmarks | None) -> None:
@@ -97,7 +102,12 @@ class FommAnimator(Animator):
         # Until a neutral is set, the avatar itself is the reference pose: animate stays usable.
         self.runner.set_neutral(source)
         # The network's avatar at rest: where a prediction matches it, the photo's own detail stays.
-        self.paste_back.set_reference(network_to_bgr(self.runner.animate(source, 0.0)))
+        rest = self.runner.animate(source, 0.0)
+        if not np.isfinite(rest).all():
+            raise AnimatorError(f"{self.weights} gives NaN or infinite output for the first frame: the weights "
+                                f"are damaged or do not survive this precision; use the original checkpoint "
+                                f"(vox-adv-cpk.pth.tar) or --precision fp32.")
+        self.paste_back.set_reference(network_to_bgr(rest))
         self._has_neutral = False
         self._neutral_points = None
 

@@ -3,7 +3,8 @@
 `load_fomm(path)` reads `vox-cpk.pth.tar` / `vox-adv-cpk.pth.tar` (a dict with `generator`,
 `kp_detector`, `discriminator`, optimizer states, `epoch`) with `torch.load(weights_only=True)`
 and returns (kp_detector, generator) in eval mode. Anything wrong ends in one `CheckpointError`
-whose message is a single sentence saying what is wrong and what to do.
+whose message is a single sentence saying what is wrong and what to do; weights that are NaN or
+infinite are refused (they would animate to black frames).
 `save_random_checkpoint(path)` writes random but well-conditioned weights in the same layout.
 """
 from __future__ import annotations
@@ -81,6 +82,14 @@ def _check_state(path: Path, name: str, state: object, module: nn.Module) -> Non
                               f"it is not a vox-256 checkpoint, use vox-cpk.pth.tar or vox-adv-cpk.pth.tar.")
 
 
+def _check_finite(path: Path, name: str, state: dict) -> None:
+    bad = [f"{name}.{key}" for key, value in state.items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(f"{path} has weights that are NaN or infinite ({len(bad)} tensors: {_named(bad)}); "
+                              f"the file is damaged, so {GET_CHECKPOINT}.")
+
+
 def load_fomm(path: str | Path, device: str | torch.device = "cpu") -> tuple[KPDetector, OcclusionAwareGenerator]:
     """(kp_detector, generator) in eval mode from an official FOMM checkpoint file."""
     path = Path(path)
@@ -91,6 +100,7 @@ def load_fomm(path: str | Path, device: str | torch.device = "cpu") -> tuple[KPD
     kp_detector, generator = build_networks()
     for name, module in (("kp_detector", kp_detector), ("generator", generator)):
         _check_state(path, name, checkpoint[name], module)
+        _check_finite(path, name, checkpoint[name])
         module.load_state_dict(checkpoint[name], strict=True)
     log.info("Loaded FOMM checkpoint %s (epoch %s)", path, checkpoint.get("epoch", "?"))
     return kp_detector.to(device).eval(), generator.to(device).eval()
