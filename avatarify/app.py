@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -204,6 +205,11 @@ class LiveApp:
         self._message_until = 0.0
         self._shown_message = ""
         self._overlay_points: np.ndarray | None = None  # the avatar's landmarks in driving-crop px
+        # A video file is rendered frame by frame: each picture goes out once (a pipelined engine's
+        # first picture would otherwise repeat, its last stay in flight); a live camera gets one
+        # picture per frame read, repeat or not.
+        self._every_frame_once = source is not None and not getattr(source, "live", True)
+        self._delivered: float | None = None  # capture time of the frame the sinks got last
         self._select_avatar(0)
 
     @property
@@ -220,6 +226,7 @@ class LiveApp:
             if captured is None:
                 break
             self.step(captured.frame_bgr, captured.timestamp, captured.time)
+        self._deliver_last()
 
     def step(self, frame_bgr: np.ndarray, timestamp: float, media_time: float | None = None) -> np.ndarray:
         """One frame through every stage; returns what the sinks received. `timestamp` is the capture
@@ -236,23 +243,38 @@ class LiveApp:
             self.tracker.crop.zoom = self.controls.zoom
             self.tracker.crop.offset = self.controls.offset
             driving = self.tracker.update(frame_bgr, landmarks, media_time)
+            if driving is not None:  # latency runs from the camera read, whatever clock animates
+                driving = replace(driving, captured_at=timestamp)
         self._calibrate(driving)
         with stage("animate"):
             output, shown = self._animate(driving)
         if self.controls.passthrough:
             output, shown = frame_bgr, None
         output = self._camera_frame(output)
-        # Latency runs from the capture of the frame the picture shows (a pipelined engine shows
-        # the previous one) to the moment it is handed to the sinks.
-        self.stats.frame_done(timestamp if shown is None else shown)
-        with stage("sinks"):
-            for sink in self.sinks:
-                sink.send(output)
+        if not (self._every_frame_once and shown is not None and shown == self._delivered):
+            # Latency runs from the capture of the frame the picture shows (a pipelined engine
+            # shows the previous one) to the moment it is handed to the sinks.
+            self._deliver(output, timestamp if shown is None else shown)
         if self.preview is not None:
             with stage("preview"):
                 self._show_preview(frame_bgr, driving, output)
         self._apply_requests()
         return output
+
+    def _deliver(self, output: np.ndarray, shown: float) -> None:
+        self.stats.frame_done(shown)
+        self._delivered = shown
+        with self.stats.stage("sinks"):
+            for sink in self.sinks:
+                sink.send(output)
+
+    def _deliver_last(self) -> None:
+        """A video file ends: the picture an engine still has in flight (a pipelined one runs a
+        frame behind) goes out too, so the recording has every frame, each once."""
+        last = self.animator.finish() if self._every_frame_once else None
+        if last is not None:
+            picture, shown = last
+            self._deliver(self._camera_frame(picture), shown)
 
     def _find_face(self, frame_bgr: np.ndarray, media_time: float) -> FaceLandmarks | None:
         """The locked person's landmarks; hotkey n moves the lock to the next face (a new neutral)."""

@@ -48,9 +48,17 @@ class DrivingFrame:
         file's own timestamp of the frame, so a file animates the same at any processing speed.
     motion_scale: 1 = full motion relative to the neutral; 0 = the neutral pose (the app eases
         this toward 0 while the face is lost, so the avatar settles instead of freezing mid-grimace).
+    captured_at: `time.perf_counter()` when the camera frame was read, the start of its latency
+        (engines that show an earlier frame's picture report it as `shown_timestamp`); None: the
+        same as `timestamp`.
     """
 
     crop_bgr: np.ndarray
     landmarks: FaceLandmarks | None
     timestamp: float
     motion_scale: float = 1.0
+    captured_at: float | None = None
+
+    @property
+    def capture_time(self) -> float:
+        return self.timestamp if self.captured_at is None else self.captured_at

@@ -338,3 +338,45 @@ def test_ci_runs_the_readme_setup_and_test_commands():
     for command in ("python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt",
                     "pip install -r requirements-dev.txt && python -m pytest -q"):
         assert command in readme and command in ci
+
+
+class _CountingAnimator(RecordingAnimator):
+    """Its n-th picture is the avatar with every pixel set to n (mod 256)."""
+
+    def animate(self, driving) -> np.ndarray:
+        super().animate(driving)
+        return np.full_like(self.avatars[-1], len(self.calls) % 256)
+
+
+class _ListSink:
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+
+    def send(self, frame_bgr: np.ndarray) -> None:
+        self.frames.append(frame_bgr)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_video_file_through_a_pipelined_engine_gives_every_frame_once_in_order(avatars, clip):
+    """A GPU engine runs a frame behind (PipelinedAnimator): for a file, the first picture must not
+    repeat and the last must not stay in flight."""
+    from avatarify.capture import VideoFileSource
+    from avatarify.engines.pipelined import PipelinedAnimator
+
+    video, _ = clip
+    sink = _ListSink()
+    engine = PipelinedAnimator(_CountingAnimator())
+    settings = Settings(avatar=[a.path for a in avatars], preview=False, virtual_cam=False)
+    source = VideoFileSource(video, progress=False)
+    live = LiveApp(settings, engine, avatars, source=source, sinks=[sink], preview=None, stats=Stats())
+    try:
+        live.run()
+    finally:
+        live.close()
+        engine.close()
+        source.close()
+    values = [int(frame[0, 0, 0]) for frame in sink.frames]
+    assert len(values) == CLIP_FRAMES and live.stats.frames == CLIP_FRAMES
+    assert values == list(range(1, CLIP_FRAMES + 1))  # picture n shows frame n: none repeated, none lost

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -143,3 +144,18 @@ def test_an_engine_error_surfaces_once_and_the_pipeline_restarts(engine):
     assert list(pipelined.animate(_frame(4))[:2]) == [1, 4]  # synchronous again, then one late
     assert list(pipelined.animate(_frame(5))[:2]) == [1, 4]
     assert list(pipelined.animate(_frame(6))[:2]) == [1, 5]
+
+
+def test_finish_hands_over_the_frame_in_flight_once(engine):
+    _, pipelined = engine
+    shown = [int(pipelined.animate(_frame(index))[1]) for index in range(4)]
+    picture, timestamp = pipelined.finish()
+    assert shown + [int(picture[1])] == [0, 0, 1, 2, 3] and timestamp == 3.0
+    assert pipelined.finish() is None  # nothing left in flight
+
+
+def test_latency_runs_from_the_camera_read_not_the_media_clock(engine):
+    _, pipelined = engine
+    for index in range(3):  # media time 0, 1, 2 (a file's clock); read from the camera at 100+
+        pipelined.animate(replace(_frame(index), captured_at=100.0 + index))
+    assert pipelined.shown_timestamp == 101.0

@@ -49,6 +49,11 @@ class Animator(ABC):
     def animate(self, driving: DrivingFrame) -> np.ndarray:
         """The avatar moved as the driver moved since the neutral: BGR uint8, the picture's size."""
 
+    def finish(self) -> tuple[np.ndarray, float] | None:
+        """The picture still in flight and the capture time of its frame, when the source ends;
+        None for engines that finish each frame in `animate`."""
+        return None
+
     @staticmethod
     def detect_avatar_face(avatar_bgr: np.ndarray) -> FaceLandmarks:
         """The avatar's landmarks when the caller has none (static Face Mesh), or AnimatorError."""

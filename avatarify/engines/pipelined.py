@@ -75,7 +75,7 @@ class PipelinedAnimator(Animator):
 
     def animate(self, driving: DrivingFrame) -> np.ndarray:
         submitted = self._worker.submit(self._animate_one, driving, self.strength, self.region)
-        previous, self._in_flight = self._in_flight, (submitted, driving.timestamp)
+        previous, self._in_flight = self._in_flight, (submitted, driving.capture_time)
         if previous is not None:
             future, timestamp = previous
             try:
@@ -86,9 +86,20 @@ class PipelinedAnimator(Animator):
                 raise
         elif self._last is None:  # nothing to show yet: this frame runs synchronously
             self._in_flight = None
-            self._last = _Shown(submitted.result(), driving.timestamp)
+            self._last = _Shown(submitted.result(), driving.capture_time)
         self.shown_timestamp = self._last.timestamp
         return self._last.picture
+
+    def finish(self) -> tuple[np.ndarray, float] | None:
+        """The picture of the frame in flight (the last one given), once; None if there is none."""
+        if self._in_flight is None:
+            return None
+        timestamp = self._in_flight[1]
+        self._settle(keep=True)
+        if self._last is None or self._last.timestamp != timestamp:  # it failed: nothing new to show
+            return None
+        self.shown_timestamp = self._last.timestamp
+        return self._last.picture, self._last.timestamp
 
     def backend_info(self) -> dict:
         return {**self.inner.backend_info(), "pipelined": True}

@@ -343,7 +343,7 @@ class RemoteAnimator(FommAnimator):
 
     def animate(self, driving: DrivingFrame) -> np.ndarray:
         runner: RemoteRunner = self.runner
-        runner.frame_timestamp = driving.timestamp
+        runner.frame_timestamp = driving.capture_time
         picture = super().animate(driving)
         # The picture shows the newest reply, an earlier frame: latency counts from that one's capture.
         self.shown_timestamp = runner.shown_timestamp
