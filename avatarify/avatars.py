@@ -103,7 +103,7 @@ def face_of(image_bgr: np.ndarray, path: Path, detector: FaceMeshDetector) -> Fa
     if min(height, width) < MIN_IMAGE_SIDE:
         raise AvatarError(f"Avatar {path} is too small ({width}x{height} px); use a photo at least "
                           f"{MIN_IMAGE_SIDE} px on each side.")
-    faces = detector.detect_all(image_bgr)
+    faces = detector.detect_all(image_bgr) or faces_by_detector(image_bgr, detector)
     if not faces:
         raise AvatarError(f"No face found in avatar {path}; use a photo with one clearly visible, "
                           f"roughly frontal face.")
@@ -115,6 +115,30 @@ def face_of(image_bgr: np.ndarray, path: Path, detector: FaceMeshDetector) -> Fa
         raise AvatarError(f"The face in avatar {path} is too small ({max(x1 - x0, y1 - y0):.0f} px); "
                           f"use a photo where the face is at least {MIN_FACE_SIDE} px wide.")
     return face
+
+
+def faces_by_detector(image_bgr: np.ndarray, detector: FaceMeshDetector) -> list[FaceLandmarks]:
+    """Faces Face Mesh misses on the whole photo because they are small in it (a person in a room,
+    a large photo): the full-range detector over the photo and its tiles, then Face Mesh on a crop
+    around each face found (as the live face finder does), largest first."""
+    from avatarify.finder import LOCK_MARGIN, landmark_crop, merge_faces, search_windows
+    from avatarify.landmarks import FaceDetector
+
+    height, width = image_bgr.shape[:2]
+    finder = FaceDetector()
+    try:
+        boxes = merge_faces([face for window in search_windows(width, height)
+                             for face in finder.detect(image_bgr, window)])
+    finally:
+        finder.close()
+    faces = []
+    for box in boxes:
+        crop, matrix = landmark_crop(image_bgr, np.array([*box.centre, box.side * (1.0 + 2.0 * LOCK_MARGIN)]))
+        found = detector.detect(crop)
+        if found is not None:
+            inverse = cv2.invertAffineTransform(matrix)
+            faces.append(found.transformed(inverse, (width, height)))
+    return sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
 
 
 def load_avatar(path: Path, framing: AvatarFraming, detector: FaceMeshDetector) -> Avatar:

@@ -71,3 +71,19 @@ def test_demo_writes_two_usable_public_domain_photos(tmp_path):
     written = write_demo_avatars(tmp_path / "avatars")
     assert [p.name for p in written] == ["astronaut.png", "grace_hopper.jpg"]
     assert len(load_avatars([tmp_path / "avatars"])) == 2
+
+
+def test_a_small_face_in_a_large_photo_is_found_and_framed(tmp_path):
+    """A 2400x1600 photo of a room with a person whose face is 90 px wide: Face Mesh alone misses it
+    on the whole photo; the full-range detector and tiles find it."""
+    from avatarify.landmarks import FaceMeshDetector
+    from bench.scenes import scene_frame
+
+    photo, _ = scene_frame(2400, 1600, [("grace_hopper", 90, (900, 700))])
+    with FaceMeshDetector(static=True) as mesh:
+        assert mesh.detect(photo) is None
+    cv2.imwrite(str(tmp_path / "room.jpg"), photo)
+    (avatar,) = load_avatars([tmp_path / "room.jpg"])
+    assert avatar.image_bgr.shape == (720, 1280, 3)
+    x0, y0, x1, y1 = avatar.landmarks.box
+    assert 500 < (x0 + x1) / 2 < 780 and x1 - x0 > 150  # centred, enlarged from 90 px
