@@ -250,6 +250,15 @@ def run_call_quality(out_dir: Path, frames: int = 60, checkpoint: Path | None = 
     return report
 
 
+def print_verdicts(report: dict, prefix: str = "") -> None:
+    """One line per engine and measure: value, goal, PASS/FAIL."""
+    for name, result in report["engines"].items():
+        for key, value in result.items():
+            if isinstance(value, dict):
+                print(f"{prefix}{name:5s} {key:13s} {value['value']!s:>9}  goal {value['goal']:<7s} "
+                      f"{'PASS' if value['pass'] else 'FAIL'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
@@ -258,11 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_cli_logging()
     report = run_call_quality(args.out, args.frames, args.checkpoint)
-    for name, result in report["engines"].items():
-        for key, value in result.items():
-            if isinstance(value, dict):
-                print(f"{name:5s} {key:13s} {value['value']!s:>9}  goal {value['goal']:<7s} "
-                      f"{'PASS' if value['pass'] else 'FAIL'}")
+    print_verdicts(report)
     print(f"old pipeline detail ratio {report['old_detail_ratio']}; all pass: {report['all_pass']}")
     return 0
 

@@ -63,6 +63,7 @@ from avatarify.motion import FACE_OVAL, eye_open_ratios  # noqa: E402
 from bench.clips import (HARD_SCRIPTS, eye_open_ratio, face_rig, make_clip, mouth_open_ratio,  # noqa: E402
                          track_landmarks)
 from bench.common import setup_cli_logging, write_json, write_png  # noqa: E402
+from bench.call_quality import print_verdicts, run_call_quality  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -624,7 +625,6 @@ def mesh_engine(size: int, smoothing: bool) -> Animator:
 def run_bench(out_dir: Path, engine_factory: EngineFactory = mesh_engine, frames: int = 90,
               size: int = 256, fps: float = 30.0, call_picture: bool = True) -> dict:
     """Measure, then write out_dir/quality.json and out_dir/quality_sheet.png; returns the JSON dict."""
-    from bench.call_quality import run_call_quality
 
     start = time.perf_counter()
     bench = QualityBench(engine_factory, size, frames, fps)
@@ -666,11 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, value in result.items():
         if isinstance(value, dict) and "goal" in value:
             print(f"{key:14s} {value['value']:>9.4f}  goal {value['goal']:<8s} {'PASS' if value['pass'] else 'FAIL'}")
-    for name, engine in result.get("call_picture", {}).get("engines", {}).items():
-        for key, value in engine.items():
-            if isinstance(value, dict):
-                print(f"call {name:5s} {key:13s} {value['value']!s:>9}  goal {value['goal']:<7s} "
-                      f"{'PASS' if value['pass'] else 'FAIL'}")
+    if "call_picture" in result:
+        print_verdicts(result["call_picture"], prefix="call ")
     print(f"all pass: {result['all_pass']}   ({result['bench_s']} s)   {args.out / 'quality.json'}")
     return 0
 
