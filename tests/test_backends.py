@@ -43,11 +43,17 @@ def _with_ms(candidates: list[Candidate], **ms: float) -> list[Candidate]:
 
 
 def test_candidates_follow_the_machine_and_the_flags():
-    assert _runs(candidates_for(CPU_ONLY)) == ["torch-cpu-bf16", "onnxruntime-cpu-fp32"]
+    assert _runs(candidates_for(CPU_ONLY)) == ["torch-cpu-bf16", "torch-cpu-fp32", "onnxruntime-cpu-fp32"]
     assert _runs(candidates_for(replace(CPU_ONLY, native_bf16=False))) == ["torch-cpu-fp32", "onnxruntime-cpu-fp32"]
     assert _runs(candidates_for(ALL_GPU)) == ["tensorrt-fp16", "onnxruntime-tensorrt-fp16", "onnxruntime-cuda-fp32",
-                                              "torch-cuda-fp16", "torch-cpu-bf16", "onnxruntime-cpu-fp32"]
-    assert _runs(candidates_for(ALL_GPU, device="cpu")) == ["torch-cpu-bf16", "onnxruntime-cpu-fp32"]
+                                              "torch-cuda-fp16", "torch-cpu-bf16", "torch-cpu-fp32",
+                                              "onnxruntime-cpu-fp32"]
+    assert _runs(candidates_for(ALL_GPU, device="cpu")) == ["torch-cpu-bf16", "torch-cpu-fp32",
+                                                            "onnxruntime-cpu-fp32"]
+    # An explicit --backend torch is not timed: fp32 first, bf16 first only where AMX makes it fast.
+    assert _runs(candidates_for(CPU_ONLY, backend="torch")) == ["torch-cpu-fp32", "torch-cpu-bf16"]
+    amx = replace(CPU_ONLY, cpu_flags=("amx_bf16", "avx512_bf16"))
+    assert _runs(candidates_for(amx, backend="torch")) == ["torch-cpu-bf16", "torch-cpu-fp32"]
     assert _runs(candidates_for(ALL_GPU, device="cuda", precision="fp32")) == [
         "tensorrt-fp32", "onnxruntime-tensorrt-fp32", "onnxruntime-cuda-fp32", "torch-cuda-fp32"]
     assert _runs(candidates_for(ALL_GPU, backend="torch", precision="bf16")) == ["torch-cuda-bf16", "torch-cpu-bf16"]
@@ -194,16 +200,18 @@ def test_select_backend_times_on_a_miss_and_builds_only_the_winner_on_a_hit():
 
     def time_steps(paths):
         timed.append(sorted(paths))
-        return {"torch-cpu-bf16": 112.0, "onnxruntime-cpu-fp32": 251.0}
+        return {"torch-cpu-bf16": 112.0, "torch-cpu-fp32": 202.0, "onnxruntime-cpu-fp32": 251.0}
 
     choice, chosen, timed_now = select_backend(candidates_for(CPU_ONLY), build, time_steps, {}, stored.update)
     assert choice.candidate.label == "torch-cpu-bf16" and chosen.runner == "torch-cpu-bf16" and timed_now
-    assert timed == [["onnxruntime-cpu-fp32", "torch-cpu-bf16"]] and sorted(built) == sorted(timed[0])
-    assert stored == {"torch-cpu-bf16": 112.0, "onnxruntime-cpu-fp32": 251.0}
+    assert timed == [["onnxruntime-cpu-fp32", "torch-cpu-bf16", "torch-cpu-fp32"]]
+    assert sorted(built) == sorted(timed[0])
+    assert stored == {"torch-cpu-bf16": 112.0, "torch-cpu-fp32": 202.0, "onnxruntime-cpu-fp32": 251.0}
 
     built.clear()
     choice, _, timed_now = select_backend(candidates_for(CPU_ONLY), build, time_steps,
-                                          {"torch-cpu-bf16": 300.0, "onnxruntime-cpu-fp32": 251.0})
+                                          {"torch-cpu-bf16": 300.0, "torch-cpu-fp32": 260.0,
+                                           "onnxruntime-cpu-fp32": 251.0})
     assert choice.candidate.label == "onnxruntime-cpu-fp32" and choice.candidate.ms == 251.0
     assert built == ["onnxruntime-cpu-fp32"] and not timed_now and len(timed) == 1
 
@@ -226,7 +234,8 @@ def test_backend_auto_times_once_then_reuses_the_cached_timing(fomm_checkpoint, 
     line = next(r.message for r in caplog.records if r.message.startswith("FOMM runs on"))
     assert info["candidate"] in line and "ms per frame" in line
     timings = read_timings(onnx_dir / TIMINGS_FILE, timing_key(Machine.detect(), 256))
-    assert len(timings) == 2 and info["candidate"] in timings  # both CPU paths timed, the winner cached
+    cpu_paths = 3 if Machine.detect().native_bf16 else 2  # torch bf16 and fp32 where bf16 is native
+    assert len(timings) == cpu_paths and info["candidate"] in timings  # all CPU paths timed, cached
     assert info["ms_per_frame"] == pytest.approx(min(timings.values()), abs=0.01)
 
     caplog.clear()
