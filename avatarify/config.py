@@ -58,9 +58,9 @@ class Settings:
                                  "and cached beside the ONNX export")
     device: str = _knob("auto", "FOMM device: auto uses a GPU path when one runs here; cpu keeps FOMM "
                                 "on the CPU")
-    precision: str = _knob("auto", "FOMM arithmetic: auto is fp16 on a GPU, bf16 for torch on CPUs with "
-                                   "native bf16 (AVX512_BF16 or AMX; 1.8-4x faster than fp32, close but "
-                                   "not exact), else fp32")
+    precision: str = _knob("auto", "FOMM arithmetic: auto is fp16 on a GPU; on a CPU with native bf16 "
+                                   "--backend auto times bf16 and fp32 and takes the faster (bf16: close "
+                                   "but not exact), --backend torch takes bf16 with AMX, else fp32")
     size: int | None = _knob(None, "side of the square output with --framing crop (256 or 512; default "
                                    "256); with --framing call the output is the camera size and this is "
                                    "ignored (FOMM's network always runs at 256)")
