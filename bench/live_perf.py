@@ -123,13 +123,15 @@ def contact_sheet(driving: np.ndarray, animated_path: Path, tile: int = 192) -> 
     picks = np.linspace(0, min(len(driving), len(animated)) - 1, SHEET_COLUMNS).round().astype(int)
     out_h, out_w = animated[0].shape[:2]
     out_tile = (round(tile * out_w / out_h), tile)
-    top = np.hstack([cv2.resize(driving[i], (tile, tile), interpolation=cv2.INTER_AREA) for i in picks])
+    side = max(out_tile[0] - tile, 0)  # each driving tile centred over its output tile
+    top = np.hstack([cv2.copyMakeBorder(cv2.resize(driving[i], (tile, tile), interpolation=cv2.INTER_AREA),
+                                        0, 0, side // 2, side - side // 2, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+                     for i in picks])
     bottom = np.hstack([cv2.resize(animated[i], out_tile, interpolation=cv2.INTER_AREA) for i in picks])
-    top = cv2.copyMakeBorder(top, 0, 0, 0, bottom.shape[1] - top.shape[1], cv2.BORDER_CONSTANT, value=(255, 255, 255))
     sheet = np.vstack([top, bottom])
     for column, index in enumerate(picks):
-        cv2.putText(sheet, f"frame {index}", (column * tile + 6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(sheet, f"frame {index}", (column * (tile + side) + side // 2 + 6, 18), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return sheet
 
 
