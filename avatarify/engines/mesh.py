@@ -792,11 +792,11 @@ class MeshAnimator(Animator):
         self.room_samples = ids > len(tri)
         # Per triangle the affine map less the identity; one more row (all 0) for samples no moved
         # triangle covers, which the rasterizer leaves at that index.
-        affine = self._target_to_source(corners, self._vertices_src[tri].astype(np.float64))
-        affine[:, 0, 0] -= 1.0
-        affine[:, 1, 1] -= 1.0
-        coefficients = np.concatenate([affine.reshape(-1, 6), np.zeros((2, 6))]).astype(np.float32)
-        c = coefficients[ids.ravel()]
+        affine = self._target_to_source(corners, self._vertices_src[tri].astype(np.float64)).reshape(-1, 6)
+        affine[:, [0, 4]] -= 1.0
+        coefficients = np.zeros((len(tri) + 2, 6), np.float32)
+        coefficients[:len(tri)] = affine
+        c = np.take(coefficients, ids.ravel(), axis=0)  # ~3x faster than fancy indexing here
         x, y = self._grid_x, self._grid_y
         offsets = np.empty((x.size, 2), np.float32)
         offsets[:, 0] = c[:, 0] * x + c[:, 1] * y + c[:, 2]
@@ -824,16 +824,25 @@ class MeshAnimator(Animator):
 
     @staticmethod
     def _target_to_source(target: np.ndarray, source: np.ndarray) -> np.ndarray:
-        """(T, 2, 3) affine maps taking each target triangle (T, 3, 2) onto its source triangle."""
-        e = np.stack([target[:, 1] - target[:, 0], target[:, 2] - target[:, 0]], axis=2)  # (T, 2, 2)
-        f = np.stack([source[:, 1] - source[:, 0], source[:, 2] - source[:, 0]], axis=2)
-        det = e[:, 0, 0] * e[:, 1, 1] - e[:, 0, 1] * e[:, 1, 0]
+        """(T, 2, 3) affine maps taking each target triangle (T, 3, 2) onto its source triangle:
+        with E, F the triangles' edge matrices (columns: corner 1 and 2 less corner 0), the linear
+        part is F·E⁻¹ and the offset puts corner 0 onto its source. Written out per element: numpy's
+        batched 2x2 products cost more than the arithmetic."""
+        e00, e10 = target[:, 1, 0] - target[:, 0, 0], target[:, 1, 1] - target[:, 0, 1]
+        e01, e11 = target[:, 2, 0] - target[:, 0, 0], target[:, 2, 1] - target[:, 0, 1]
+        f00, f10 = source[:, 1, 0] - source[:, 0, 0], source[:, 1, 1] - source[:, 0, 1]
+        f01, f11 = source[:, 2, 0] - source[:, 0, 0], source[:, 2, 1] - source[:, 0, 1]
+        det = e00 * e11 - e01 * e10
         det = np.where(np.abs(det) < 1e-9, 1e-9, det)
-        inverse = np.stack([np.stack([e[:, 1, 1], -e[:, 0, 1]], axis=1),
-                            np.stack([-e[:, 1, 0], e[:, 0, 0]], axis=1)], axis=1) / det[:, None, None]
-        linear = f @ inverse
-        offset = source[:, 0] - np.einsum("nij,nj->ni", linear, target[:, 0])
-        return np.concatenate([linear, offset[:, :, None]], axis=2)
+        i00, i01, i10, i11 = e11 / det, -e01 / det, -e10 / det, e00 / det
+        maps = np.empty((len(target), 2, 3))
+        maps[:, 0, 0] = f00 * i00 + f01 * i10
+        maps[:, 0, 1] = f00 * i01 + f01 * i11
+        maps[:, 1, 0] = f10 * i00 + f11 * i10
+        maps[:, 1, 1] = f10 * i01 + f11 * i11
+        maps[:, 0, 2] = source[:, 0, 0] - (maps[:, 0, 0] * target[:, 0, 0] + maps[:, 0, 1] * target[:, 0, 1])
+        maps[:, 1, 2] = source[:, 0, 1] - (maps[:, 1, 0] * target[:, 0, 0] + maps[:, 1, 1] * target[:, 0, 1])
+        return maps
 
     # ------------------------------------------------------------------------------------------
     # Mouth: where the driver opens wider than the avatar's own mouth, a mouth interior: the
