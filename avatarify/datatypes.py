@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -20,9 +21,10 @@ class FaceLandmarks:
     image_size: tuple[int, int]  # (width, height) of the image the points live in
     depth: np.ndarray | None = None
 
-    @property
+    @cached_property
     def box(self) -> tuple[float, float, float, float]:
-        """Tight box (x0, y0, x1, y1) around the points."""
+        """Tight box (x0, y0, x1, y1) around the points; computed once (several stages ask per frame),
+        as no stage changes the points of a FaceLandmarks: they make a new one."""
         x0, y0 = self.points.min(axis=0)
         x1, y1 = self.points.max(axis=0)
         return float(x0), float(y0), float(x1), float(y1)

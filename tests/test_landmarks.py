@@ -9,7 +9,7 @@ import pytest
 
 from avatarify import landmarks as landmarks_module
 from avatarify.landmarks import (NUM_LANDMARKS, FaceMeshDetector, LandmarkBackendError, create_detector,
-                                 face_alignment_problem)
+                                 face_alignment_problem, landmark_array)
 from avatarify.motion import EYES, FACE_OVAL, INNER_LIPS
 from tests.conftest import load_astronaut_bgr, load_grace_hopper_bgr
 
@@ -73,6 +73,23 @@ def test_tracking_gives_a_new_face_the_landmarks_of_the_frames_that_follow(photo
     assert lost is None
     assert np.linalg.norm(found[0] - later, axis=1).mean() < 0.5
     assert np.linalg.norm(again - later, axis=1).mean() < 0.5  # and again after the face was lost
+
+
+def test_landmarks_read_from_bytes_equal_those_read_one_by_one():
+    import mediapipe as mp
+
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as mesh:
+        face = mesh.process(cv2.cvtColor(load_astronaut_bgr(), cv2.COLOR_BGR2RGB)).multi_face_landmarks[0]
+
+    def one_by_one():
+        return np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float32)
+
+    assert np.array_equal(landmark_array(face), one_by_one())
+    face.landmark[5].visibility = 0.5  # a landmark with another field set: read one by one
+    assert np.array_equal(landmark_array(face), one_by_one())
+    face.landmark[5].ClearField("visibility")
+    face.landmark[7].ClearField("z")  # a landmark without z: 0, as protobuf reads it
+    assert np.array_equal(landmark_array(face), one_by_one()) and landmark_array(face)[7, 2] == 0.0
 
 
 def test_no_face_gives_none():
