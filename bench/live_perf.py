@@ -59,14 +59,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cam-height", type=int, default=720, help="camera frame height (--framing call)")
     parser.add_argument("--size", type=int, default=256, choices=(256, 512), help="square side (--framing crop)")
     parser.add_argument("--frames", type=int, default=300, help="frames in the driving clip")
-    parser.add_argument("--clip-size", type=int, default=480, help="clip frame side (a webcam is 480 high)")
+    parser.add_argument("--clip-size", type=int, default=480, help="clip frame height (a webcam's is 480)")
+    parser.add_argument("--clip-width", type=int, default=640,
+                        help="clip frame width (a webcam's is 640): the square clip widened with its own edges")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; medians are reported")
     return parser.parse_args(argv)
 
 
-def write_inputs(out: Path, frames: int, clip_size: int) -> tuple[Path, Path, np.ndarray]:
-    """The driving clip (astronaut, mixed motion) and the avatar photo (Grace Hopper)."""
+def clip_dims(args: argparse.Namespace) -> list[int]:
+    """(width, height) of the driving clip's frames."""
+    return [max(args.clip_width, args.clip_size), args.clip_size]
+
+
+def write_inputs(out: Path, frames: int, clip_size: int, clip_width: int) -> tuple[Path, Path, np.ndarray]:
+    """The driving clip (astronaut, mixed motion; clip_width x clip_size, the synthesized square clip
+    widened with its own mirrored edges as a 4:3 webcam frame) and the avatar photo (Grace Hopper)."""
     clip_frames, truth = make_clip("astronaut", "mixed", frames=frames, size=clip_size)
+    if clip_width > clip_size:
+        left = (clip_width - clip_size) // 2
+        right = clip_width - clip_size - left
+        clip_frames = [cv2.copyMakeBorder(frame, 0, 0, left, right, cv2.BORDER_REFLECT_101) for frame in clip_frames]
+        truth = {**truth, "widened": {"width": clip_width, "left_px": left,
+                                      "note": "truth positions are the square clip's: add left_px to x"}}
     clip_path, _ = write_clip(out / "driving_astronaut_mixed", clip_frames, truth)
     avatar_path = out / "avatar_grace_hopper.png"
     write_png(avatar_path, load_photo_bgr("grace_hopper"))
@@ -203,7 +217,7 @@ def compare_backends(args: argparse.Namespace, avatar: Path, clip: Path, driving
         write_png(args.out / "contact_sheet.png", contact_sheet(driving, animated))
     plot_backends(results, ratio, args.out / "backends.png")
     return {"engine": "fomm", "framing": args.framing, "output_size": list(output_size(args)),
-            "frames": args.frames, "clip_size": args.clip_size,
+            "frames": args.frames, "clip_size": clip_dims(args),
             "repeats": args.repeats, "device": args.device,
             "checkpoint": str(args.checkpoint) if not args.random_checkpoint else "random weights (official layout)",
             "backends": results,
@@ -224,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out / "live_perf.json", {"engine": "fomm", "device": "cuda", "skipped": missing})
         print(f"skipped: {missing}")
         return 0
-    clip, avatar, driving = write_inputs(args.out, args.frames, args.clip_size)
+    clip, avatar, driving = write_inputs(args.out, args.frames, args.clip_size, args.clip_width)
     if args.engine == "fomm":
         args.random_checkpoint = args.checkpoint is None
         if args.random_checkpoint:
@@ -257,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     goals = GOALS.get((args.framing, width, height)) if args.engine == "mesh" else None
     report = {
         "engine": args.engine, "framing": args.framing, "output_size": [width, height], "frames": args.frames,
-        "clip_size": args.clip_size, "repeats": args.repeats, "command": " ".join(command), "medians": medians,
+        "clip_size": clip_dims(args), "repeats": args.repeats, "command": " ".join(command), "medians": medians,
         "goals": judge(medians, goals) if goals else None,
         "providers": runs[0]["providers"], "stages_ms_run1": runs[0]["stages_ms"], "runs": runs,
         "bench_seconds": round(time.perf_counter() - started, 1),
