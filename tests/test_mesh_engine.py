@@ -12,8 +12,8 @@ from avatarify.datatypes import DrivingFrame
 from avatarify.engines.base import AnimatorError
 from avatarify.engines import mesh as mesh_module
 from avatarify.engines.mesh import MeshAnimator
-from avatarify.motion import (FACE_OVAL, INNER_LIPS, NUM_MESH_POINTS, OUTER_LIPS, MotionTarget, Pose3D, Similarity,
-                              head_pivot, rotation_from_angles)
+from avatarify.motion import (EYES, FACE_OVAL, INNER_LIPS, NUM_MESH_POINTS, OUTER_LIPS, MotionTarget, Pose3D,
+                              Similarity, eye_open_ratios, head_pivot, rotation_from_angles)
 from bench.clips import make_clip, track_landmarks, truth_series
 from bench.mesh_perf import avatar_of, driving_frames, synthetic_target
 from bench.quality import fold_share
@@ -196,6 +196,60 @@ def test_motion_scale_zero_settles_to_the_avatar_and_lost_face_repeats(avatars, 
     np.testing.assert_array_equal(engine.animate(lost), moved)
     settled = engine.animate(DrivingFrame(mixed_clip[4].crop_bgr, mixed_clip[4].landmarks, 1.1, motion_scale=0.0))
     np.testing.assert_array_equal(settled, avatar_bgr)
+
+
+def test_a_wink_closes_only_that_eye_of_the_avatar(avatars):
+    """Grace Hopper winks her image-left eye, then her image-right one (real tracking-mode Face
+    Mesh landmarks); the astronaut's output, re-measured by static Face Mesh, closes the same eye
+    each time and keeps the other open."""
+    frames, truth = make_clip("grace_hopper", "wink", frames=20, size=256)
+    closure = np.array([frame["eye_open_lr"] for frame in truth["per_frame"]], dtype=np.float64)
+    clip = driving_frames(frames, track_landmarks(frames))
+    engine = engine_for(avatars, "astronaut", 256, clip[0])
+    outputs = [engine.animate(driving) for driving in clip]
+    ratios = np.array([eye_open_ratios(lm.points) for lm in track_landmarks(outputs, static=True)])
+    ratios /= ratios[0]
+    for eye in (0, 1):
+        # The frames around this eye's wink (the engine's smoothing may lag it by a frame).
+        peak = int(np.argmin(closure[:, eye]))
+        around = slice(peak - 2, peak + 3)
+        assert closure[peak, eye] < 0.5 and closure[peak, 1 - eye] == 1.0
+        assert ratios[around, eye].min() < 0.85
+        assert ratios[around, 1 - eye].min() > 0.94
+
+
+def test_an_eye_opened_wider_opens_only_that_eye_of_the_avatar(avatars):
+    """The astronaut's own landmarks with one upper lid raised by 30% of its gap: the output,
+    re-measured by static Face Mesh, shows that eye wider and the other as it was."""
+    avatar_bgr, landmarks = avatars[("astronaut", 256)]
+    neutral = DrivingFrame(avatar_bgr, landmarks, 0.0)
+    outputs = []
+    for eye in EYES:
+        points = landmarks.points.copy()
+        upper, lower = list(eye.upper_lid[1:-1]), list(eye.lower_lid[1:-1])
+        points[upper] = points[lower] + 1.3 * (points[upper] - points[lower])
+        engine = engine_for(avatars, "astronaut", 256, neutral)
+        outputs.append(engine.animate(DrivingFrame(avatar_bgr, replace(landmarks, points=points), 0.0)))
+    ratios = np.array([eye_open_ratios(lm.points) for lm in track_landmarks([avatar_bgr] + outputs, static=True)])
+    ratios = ratios[1:] / ratios[0]  # row: which eye was opened; column: each eye's measured ratio
+    for eye in (0, 1):
+        assert ratios[eye, eye] > 1.1
+        assert ratios[eye, 1 - eye] == pytest.approx(1.0, abs=0.05)
+
+
+def test_re_painted_eyes_still_work_when_asked_for(avatars, mixed_clip):
+    """paint_eyes=True (gaze follows the driver): frames of the avatar's size, and the eyes
+    re-painted where the driver blinks or looks aside."""
+    avatar_bgr = avatars[("astronaut", 256)][0]
+    plain, painted = MeshAnimator(), MeshAnimator(paint_eyes=True)
+    outputs = []
+    for engine in (plain, painted):
+        engine.set_avatar(*avatars[("astronaut", 256)])
+        engine.set_neutral(mixed_clip[0])
+        outputs.append([engine.animate(driving) for driving in mixed_clip])
+    for output in outputs[1]:
+        assert output.shape == avatar_bgr.shape and output.dtype == np.uint8
+    assert any(np.any(a != b) for a, b in zip(*outputs))
 
 
 def test_avatar_without_a_face_is_one_clear_error():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarify.motion import (EAR_LEVEL_POINTS, EYES, FACE_SIDES, NUM_LANDMARKS, STABLE_POINTS, MotionSettings,
-                              MotionTransfer, Pose3D, Similarity, angles_from_rotation, as_complex, as_points,
+from avatarify.motion import (EAR_LEVEL_POINTS, EYES, FACE_SIDES, LASH_RINGS, NUM_LANDMARKS, STABLE_POINTS,
+                              MotionSettings, MotionTransfer, Pose3D, Similarity, angles_from_rotation, as_complex, as_points,
                               fit_similarity, garrote, head_pivot, rotation_from_angles)
 from avatarify.tracking import OneEuroFilter
 
@@ -86,7 +86,8 @@ def test_expression_is_scaled_to_the_avatar_face_size():
     whatever the driver's head does at the same time."""
     neutral = synthetic_face(4)
     avatar = moved(neutral, about(128 + 128j, 0, 2.0, 0j))
-    eye_points = {i for eye in EYES for i in eye.upper_lid + eye.lower_lid}
+    # The lids and the lash rings above them follow each eye's openness, not their own moves.
+    eye_points = {i for eye in EYES for i in eye.upper_lid + eye.lower_lid} | {i for ring in LASH_RINGS for i in ring}
     lips = [i for i in range(NUM_LANDMARKS) if i not in STABLE_POINTS and i not in eye_points][:30]
     driving = neutral.copy()
     driving[lips, 1] += 4.0
@@ -187,7 +188,8 @@ def test_tracker_wobble_on_a_still_face_gives_the_avatar_exactly():
     bob = moved(neutral, about(128 + 128j, 0.0, 1.0, complex(0.0, 0.8 * head_t)))
     nudged = transfer(avatar, neutral, deadbands=True).target(bob, 0.0)
     assert nudged.head == Similarity()  # a head bob below its deadband (Face Mesh's, as the mouth opens)
-    eye_points = {i for eye in EYES for i in eye.upper_lid + eye.lower_lid}
+    # The lids and the lash rings above them follow each eye's openness, not their own moves.
+    eye_points = {i for eye in EYES for i in eye.upper_lid + eye.lower_lid} | {i for ring in LASH_RINGS for i in ring}
     lips = [i for i in range(NUM_LANDMARKS) if i not in STABLE_POINTS and i not in eye_points][:30]
     driving = neutral.copy()
     driving[lips, 1] += 4.0
@@ -301,6 +303,23 @@ def test_a_wink_shuts_only_that_eye():
     gaps_before, gaps_after = _eye_gaps(before), _eye_gaps(after)
     assert gaps_after[0] < 0.05 * gaps_before[0]
     assert gaps_after[1] == pytest.approx(gaps_before[1], abs=0.05)
+
+
+def test_an_eye_opened_wider_lifts_only_that_lid_with_its_lashes():
+    """The image-right eye opened 20% wider: its upper lid rises by eye_wider_gain times that, the
+    lash ring above moves with the lid as one piece; the other eye stays."""
+    def wider(p):
+        upper, lower = list(EYES[1].upper_lid[1:-1]), list(EYES[1].lower_lid[1:-1])
+        p[upper] = p[lower] + 1.2 * (p[upper] - p[lower])
+    before, after = _feature_target(wider)
+    gaps_before, gaps_after = _eye_gaps(before), _eye_gaps(after)
+    gain = MotionSettings().eye_wider_gain
+    assert gain > 1.0
+    assert gaps_after[1] == pytest.approx(gaps_before[1] * (1.0 + 0.2 * gain), rel=0.02)
+    assert gaps_after[0] == pytest.approx(gaps_before[0], abs=0.05)
+    upper, lashes = list(EYES[1].upper_lid[1:-1]), list(LASH_RINGS[1])
+    np.testing.assert_allclose(after[lashes] - before[lashes], after[upper] - before[upper], atol=1e-3)
+    assert np.abs(after[list(LASH_RINGS[0])] - before[list(LASH_RINGS[0])]).max() < 0.05
 
 
 def test_a_squint_raises_the_lower_lid_and_narrows_the_eye():
