@@ -77,7 +77,8 @@ def test_warp_lands_avatar_landmarks_on_their_targets(avatars, photo, size):
     error = engine.landing_error(synthetic_target(points, size))
     assert np.isfinite(error).mean() > 0.99
     on_mesh = np.zeros(NUM_MESH_POINTS, bool)
-    on_mesh[engine._warp_points] = True  # noqa: SLF001
+    warp = engine._warp_points  # noqa: SLF001
+    on_mesh[warp[warp < NUM_MESH_POINTS]] = True  # the irises are vertices too, placed by the gaze
     assert on_mesh.sum() > 200
     assert np.nanmax(error[on_mesh]) <= 0.5, f"median {np.nanmedian(error):.3f} px"
     assert np.nanmax(error) <= 0.008 * float(np.ptp(points[:NUM_MESH_POINTS, 0]))
@@ -237,19 +238,27 @@ def test_an_eye_opened_wider_opens_only_that_eye_of_the_avatar(avatars):
         assert ratios[eye, 1 - eye] == pytest.approx(1.0, abs=0.05)
 
 
-def test_re_painted_eyes_still_work_when_asked_for(avatars, mixed_clip):
-    """paint_eyes=True (gaze follows the driver): frames of the avatar's size, and the eyes
-    re-painted where the driver blinks or looks aside."""
-    avatar_bgr = avatars[("astronaut", 256)][0]
-    plain, painted = MeshAnimator(), MeshAnimator(paint_eyes=True)
-    outputs = []
-    for engine in (plain, painted):
-        engine.set_avatar(*avatars[("astronaut", 256)])
-        engine.set_neutral(mixed_clip[0])
-        outputs.append([engine.animate(driving) for driving in mixed_clip])
-    for output in outputs[1]:
-        assert output.shape == avatar_bgr.shape and output.dtype == np.uint8
-    assert any(np.any(a != b) for a, b in zip(*outputs))
+def test_the_avatar_looks_where_the_driver_looks(avatars):
+    """Grace Hopper looks from side to side (real tracking-mode landmarks); the astronaut's irises,
+    re-measured by static Face Mesh on the output, follow along each eye, and at rest sit where the
+    photo has them."""
+    frames, truth = make_clip("grace_hopper", "gaze", frames=40, size=256)
+    gaze = np.array([frame["gaze_xy"][0] for frame in truth["per_frame"]])
+    clip = driving_frames(frames, track_landmarks(frames))
+    engine = engine_for(avatars, "astronaut", 256, clip[0])
+    measured = track_landmarks([engine.animate(driving) for driving in clip], static=True)
+
+    def along(points, eye):  # the iris centre along the eye, corner to corner = 0..1
+        corner, other = complex(*points[eye.corners[0]]), complex(*points[eye.corners[1]])
+        return ((complex(*points[eye.iris_centre]) - corner) / (other - corner)).real
+
+    for eye in EYES:
+        irises = np.array([along(landmarks.points, eye) for landmarks in measured])
+        assert np.corrcoef(irises, gaze)[0, 1] > 0.9
+        assert np.ptp(irises) > 0.04  # eye widths: a glance the size of the driver's shows
+    avatar_bgr, landmarks = avatars[("astronaut", 256)]
+    rest = engine_for(avatars, "astronaut", 256).animate(DrivingFrame(avatar_bgr, landmarks, 0.0))
+    np.testing.assert_array_equal(rest, avatar_bgr)
 
 
 def test_avatar_without_a_face_is_one_clear_error():
@@ -290,9 +299,10 @@ def test_a_turned_head_hides_its_far_side_instead_of_folding_it(avatars, yaw, pi
     assert fold_share(engine.last_map, face.astype(bool)) == 0.0
     # Visible vs hidden landmarks: a point is hidden when a nearer face triangle covers its target.
     error = engine.landing_error(target)
-    depth = target.depth[:NUM_MESH_POINTS]
-    on_mesh = engine._warp_points  # noqa: SLF001 - landmarks the warp's mesh is built on
-    tri = on_mesh[engine._tri[drawn_layers == 2]]  # noqa: SLF001 - face triangles, as landmarks
+    depth = target.depth
+    warp = engine._warp_points  # noqa: SLF001 - landmarks the warp's mesh is built on
+    on_mesh = warp[warp < NUM_MESH_POINTS]  # the face's (the irises are vertices too)
+    tri = warp[engine._tri[drawn_layers == 2]]  # noqa: SLF001 - face triangles, as landmarks
     hidden = np.zeros(NUM_MESH_POINTS, bool)
     corners = target.points[tri]
     for i in on_mesh:
@@ -449,6 +459,7 @@ def test_the_call_picture_is_animated_at_full_resolution(call_picture, mixed_cli
     crop_side = 1.6 * max(x1 - x0, y1 - y0)  # the side of the 256 crop this face would get
     error = engine.landing_error(synthetic_target(landmarks.points, crop_side))
     on_mesh = np.zeros(NUM_MESH_POINTS, bool)
-    on_mesh[engine._warp_points] = True  # noqa: SLF001
+    warp = engine._warp_points  # noqa: SLF001
+    on_mesh[warp[warp < NUM_MESH_POINTS]] = True  # the irises are vertices too, placed by the gaze
     assert np.nanmax(error[on_mesh]) <= 0.5 * crop_side / 256
     assert np.nanmax(error) <= 0.008 * float(np.ptp(landmarks.points[:NUM_MESH_POINTS, 0]))

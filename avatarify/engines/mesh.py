@@ -12,13 +12,13 @@ Per avatar (`set_avatar`), everything that does not depend on the driver is prec
     up over the skull, then grown over the hair the person mask shows; it moves with the head's
     outline), a still ring a fade length outside it, and points on the ROI's border (fixed inside
     the picture, sliding along its edge where the picture cuts the head). Face vertices carry Face
-    Mesh's depth; the ring lies in the plane of the head's outline;
+    Mesh's depth; the ring lies in the plane of the head's outline. Each iris centre is a vertex
+    too, and its eye opening a fan of triangles around it, so a gaze moves the photo's own iris;
   - the head as a layer over the room: a matte (MediaPipe's person mask inside the head outline,
     fading into the still neck below the chin) and a room plate (the photo with the head
     inpainted at low resolution), so a moving head uncovers room instead of stretching the wall,
     the hair or the shirt beside it;
-  - the mouth's colours, and per eye the iris patch (completed where the lids hid it) and the
-    eyeball without it, carried on under the lids.
+  - the mouth's colours.
 
 Per frame (`animate`): motion.py gives the target landmarks, their depth and the head's 3-D pose.
 The moved mesh is drawn on a reduced grid over the ROI (one sample per few pixels) back to front:
@@ -26,19 +26,19 @@ the room, the outline's band, then the face's triangles from far to near; a tria
 orientation flipped shows its back and is not drawn, so a turned head hides its far side instead of
 folding it. Each grid sample takes its triangle's affine map (target → source); the map is
 upsampled and applied by one cv2.remap, and the warped head is blended over the room plate by its
-moved matte, only within the box of pixels that can change. Then, where needed: the mouth interior
-where the driver opens wider than the avatar: the driver's own teeth and tongue from the driving frame
+moved matte, only within the box of pixels that can change. Then, where the driver opens the mouth
+wider than the avatar: the mouth interior, the driver's own teeth and tongue from the driving frame
 (inside their inner lips, eroded, so their lips never show), colour-matched, over a shaded cavity,
-faded in with the opening; and, only with `paint_eyes=True`, per eye the eyeball and iris re-painted
-under the moved lids (gaze, a round iris under a closing lid).
+faded in with the opening.
 
-The eyes are the warp's by default: blinks, winks and widening move the lids (with their lashes) and
-the photo's own eye between them. The re-painted eye (an inpainted eyeball and a re-sampled iris)
-differs from the photo's even at rest (no dark rim under the lid, a softer iris), so Face Mesh reads
-its lids less faithfully: on the real driving videos (bench/eye_stages.py; d12 / d19 / d6, lashes
-carried both ways) the driver-vs-output eye-opening r was 0.84 / 0.80 / 0.86 with it and
-0.89 / 0.87 / 0.90 without, and ~1 ms per frame at 256 px is saved. What is lost: the iris does not
-follow the driver's gaze.
+The eyes are the warp's: blinks, winks and widening move the lids (with their lashes) and the photo's
+own eye between them; a gaze moves the iris vertex along the eye (as far as the driver's iris moves
+in theirs, at most IRIS_REACH), across it the iris keeps its share of the way between the lids, so a
+closing lid covers it instead of folding over it. An earlier version re-painted an inpainted eyeball
+and a re-sampled iris under the lids: it differed from the photo even at rest (no dark rim under
+the lid, a softer iris), Face Mesh read those lids less faithfully (real driving videos, driver vs
+output eye-opening r 0.84 / 0.80 / 0.86 with it, 0.89 / 0.87 / 0.90 warp-only; bench/eye_stages.py),
+and it cost ~1 ms per frame at 256 px.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from avatarify.datatypes import DrivingFrame, FaceLandmarks
 from avatarify.engines.base import REGIONS, Animator, AnimatorError
 from avatarify.motion import (CHIN, EYES, FACE_OVAL, FOREHEAD, INNER_LIPS, LASH_RINGS, STABLE_POINTS, MOUTH_CORNERS, MOUTH_INNER_BOTTOM,
                               MOUTH_INNER_TOP, NUM_LANDMARKS, NUM_MESH_POINTS, OUTER_LIPS, EyeIndices,
-                              MotionSettings, MotionTarget, MotionTransfer, Similarity, as_complex,
+                              MotionSettings, MotionTarget, MotionTransfer, as_complex,
                               as_points, head_outline, mouth_open_ratio)
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,8 @@ MOUTH_GAIN_RANGE = (0.6, 1.6)
 CAVITY_EDGE_BGR = np.array([38, 36, 92], np.float32)
 CAVITY_BACK_BGR = np.array([14, 12, 28], np.float32)
 TEETH_BGR = np.array([170, 188, 200], np.float32)
-IRIS_REACH = (0.22, 0.10)  # how far the iris may move, in eye widths (along, across the eye)
-EYE_REPAINT_FROM = 0.05  # the re-painted eye's blend below which the warped eye is kept
+IRIS_REACH = 0.22  # how far along the eye the iris may move from the avatar's own place, in eye widths
+GAZE_SHARE = (0.15, 0.85)  # the iris stays this far between the lower (0) and upper (1) lid
 
 
 @dataclass
@@ -134,17 +134,34 @@ class _Grid:
 
 
 @dataclass
-class _EyeRig:
-    """One eye, precomputed on the avatar."""
+class _Gaze:
+    """One eye's iris as a mesh vertex (gaze): its vertex, the avatar's iris place along the eye and
+    across it between the lids (see MeshAnimator._gaze_rig), and its position for the avatar's own
+    landmarks (moves are taken relative to it, so the avatar at rest stays exact)."""
 
     indices: EyeIndices
-    iris_centre: np.ndarray  # avatar px
-    iris_radius: float
-    iris_patch_bgr: np.ndarray  # float32 square patch centred on the iris
-    iris_alpha: np.ndarray  # float32 soft disk, same size
-    width: float  # corner to corner, avatar px
-    ball_bgr: np.ndarray  # float32: the eyeball without its iris, the sclera carried on under the lids
-    ball_origin: tuple[int, int]  # avatar px (x, y) of ball_bgr's top-left pixel
+    vertex: int
+    along: float
+    share: float
+    rest: np.ndarray
+
+
+def _eye_frame(points: np.ndarray, eye: EyeIndices) -> tuple[complex, complex]:
+    """The eye's own frame: its first corner and the vector to the other (corner to corner = 0..1)."""
+    corner = complex(*points[eye.corners[0]])
+    return corner, complex(*points[eye.corners[1]]) - corner
+
+
+def _lids_across(points: np.ndarray, eye: EyeIndices, frame: tuple[complex, complex],
+                 along: float) -> tuple[float, float]:
+    """Where the lower and the upper lid lie across the eye (in its frame) at `along`."""
+    corner, axis = frame
+    across = []
+    for lid in (eye.lower_lid, eye.upper_lid):
+        at = (points[list(lid), 0] + 1j * points[list(lid), 1] - corner) / axis
+        order = np.argsort(at.real)
+        across.append(float(np.interp(along, at.real[order], at.imag[order])))
+    return across[0], across[1]
 
 
 @dataclass
@@ -221,16 +238,13 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 
 
 class MeshAnimator(Animator):
-    """Piecewise-affine face-mesh warp with mouth cavity, blinks and (optionally) gaze (see module
-    docstring). `paint_eyes`: re-paint eyeball and iris under the lids (gaze follows the driver,
-    the lids read less faithfully; off by default)."""
+    """Piecewise-affine face-mesh warp with mouth interior, lids and gaze (see module docstring)."""
 
     name = "mesh"
 
-    def __init__(self, motion: MotionSettings | None = None, paint_eyes: bool = False) -> None:
+    def __init__(self, motion: MotionSettings | None = None) -> None:
         super().__init__()
         self.motion = MotionTransfer(motion)
-        self.paint_eyes = paint_eyes
         self.step = 2  # set per avatar from its face size
         self._image_size = (0, 0)  # (width, height) of the avatar picture
         self._avatar_bgr: np.ndarray | None = None
@@ -260,7 +274,6 @@ class MeshAnimator(Animator):
         self._build_mesh(points, depth, person)
         self._build_layers(avatar_bgr, points, person)
         self._build_mouth(avatar_bgr, points)
-        self._build_eyes(avatar_bgr, points)
         self._last_output = None
         self._last_relative = None
 
@@ -295,12 +308,17 @@ class MeshAnimator(Animator):
         self._edge_nearest, self._edge_share = self._edge_shares(border, margin_px)
         # Face points outside the ROI (a face cut by the crop edge) are pulled in, so the border
         # stays the mesh's convex hull.
-        self._warp_points = warp_points(mesh)
+        # The iris centres are vertices too (gaze moves them); they come last of the face points.
+        self._warp_points = np.concatenate([warp_points(mesh), [eye.iris_centre for eye in EYES]])
         faces = len(self._warp_points)
-        inside = np.clip(mesh[self._warp_points], self._ring_box[:2], self._ring_box[2:]).astype(np.float32)
+        inside = np.clip(points[self._warp_points].astype(np.float64), self._ring_box[:2],
+                         self._ring_box[2:]).astype(np.float32)
         self._vertices_src = np.concatenate([inside, self._ring_src, border])
         self._num_moving = faces + len(ring)
-        triangles = Delaunay(self._vertices_src.astype(np.float64)).simplices.astype(np.int32)
+        iris_vertices = list(range(faces - len(EYES), faces))
+        others = [i for i in range(len(self._vertices_src)) if i not in iris_vertices]
+        triangles = np.asarray(others, np.int32)[Delaunay(self._vertices_src[others].astype(np.float64)).simplices]
+        triangles, self._gaze_eyes = self._eye_fans(triangles, iris_vertices)
         # Drawing layers, back to front: the room (triangles touching the still ring or the ROI
         # border), the head outline's band (hair, ears, neck), the face (sorted by depth per frame).
         outer = (triangles >= self._num_moving).any(axis=1)
@@ -360,6 +378,58 @@ class MeshAnimator(Animator):
         e1 = corners[:, 1] - corners[:, 0]
         e2 = corners[:, 2] - corners[:, 0]
         return e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+
+    def _eye_fans(self, triangles: np.ndarray, iris_vertices: list[int]) -> tuple[np.ndarray, list[_Gaze]]:
+        """Each eye opening triangulated as a fan around its iris centre, so the iris can move
+        anywhere inside the opening without folding the mesh (Delaunay alone would tie it to points
+        beyond the lids). An eye whose opening the Delaunay mesh does not bound by its own lid edges
+        (a nearly shut eye in the photo) keeps its triangles, and its iris stays where it is."""
+        vertex_of = {int(index): vertex for vertex, index in enumerate(self._warp_points)}
+        gaze_eyes = []
+        for eye, centre in zip(EYES, iris_vertices):
+            ring = np.array([vertex_of[index] for index in eye.opening], np.int32)
+            outline = self._vertices_src[ring].astype(np.float32)
+            candidates = np.flatnonzero(np.isin(triangles, ring).all(axis=1))
+            centroids = self._vertices_src[triangles[candidates]].mean(axis=1)
+            covered = candidates[[cv2.pointPolygonTest(outline, (float(x), float(y)), False) > 0
+                                  for x, y in centroids]]
+            kept = np.delete(triangles, covered, axis=0)
+            kept_edges = {frozenset(map(int, edge)) for t in kept for edge in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0]))}
+            lid_edges = {frozenset(map(int, edge)) for edge in zip(ring, np.roll(ring, -1))}
+            if not covered.size or not lid_edges <= kept_edges:
+                log.debug("eye at landmark %d: its opening is not bounded by its lid edges; its iris stays put",
+                          eye.iris_centre)
+                continue
+            fan = np.array([[centre, a, b] for a, b in zip(ring, np.roll(ring, -1))], np.int32)
+            triangles = np.concatenate([kept, fan])
+            gaze_eyes.append(self._gaze_rig(eye, centre))
+        return triangles, gaze_eyes
+
+    def _gaze_rig(self, eye: EyeIndices, vertex: int) -> _Gaze:
+        """Where the avatar's iris sits in its eye: along the eye and across it, as a share of the way
+        from the lower lid to the upper one."""
+        points = self._avatar_points
+        frame = _eye_frame(points, eye)
+        iris = (complex(*points[eye.iris_centre]) - frame[0]) / frame[1]
+        lower, upper = _lids_across(points, eye, frame, iris.real)
+        share = (iris.imag - lower) / (upper - lower) if abs(upper - lower) > 1e-6 else 0.5
+        rig = _Gaze(eye, vertex, iris.real, float(np.clip(share, *GAZE_SHARE)), np.zeros(2))
+        rig.rest = self._iris_position(points, rig)
+        return rig
+
+    @staticmethod
+    def _iris_position(points: np.ndarray, gaze: _Gaze) -> np.ndarray:
+        """The iris centre for these landmarks: along the eye where their iris is, at most IRIS_REACH
+        from the avatar's own place (a tracking glitch cannot roll it out); across, at the avatar's
+        own share of the way between the lids, so it stays between them and a closing lid covers it
+        (Face Mesh's iris sinks as the lid closes; following it down would fold the lid)."""
+        eye = gaze.indices
+        frame = _eye_frame(points, eye)
+        iris = (complex(*points[eye.iris_centre]) - frame[0]) / frame[1]
+        along = float(np.clip(iris.real, gaze.along - IRIS_REACH, gaze.along + IRIS_REACH))
+        lower, upper = _lids_across(points, eye, frame, along)
+        position = frame[0] + complex(along, lower + gaze.share * (upper - lower)) * frame[1]
+        return np.array([position.real, position.imag])
 
     def _build_layers(self, avatar_bgr: np.ndarray, points: np.ndarray, person: np.ndarray | None) -> None:
         """The head as a layer over the room: its matte (the person above the neck, feathered, fading
@@ -512,53 +582,6 @@ class MeshAnimator(Animator):
         edge = 0.5 * CAVITY_EDGE_BGR + 0.5 * 0.35 * lip_bgr
         self._mouth = _MouthRig(mouth_open_ratio(points), edge.astype(np.float32), lip_bgr)
 
-    def _build_eyes(self, avatar_bgr: np.ndarray, points: np.ndarray) -> None:
-        """Per eye: the iris patch and disk, and the eyeball without the iris (for gaze and lids)."""
-        shape = avatar_bgr.shape[:2]
-        rigs = []
-        for eye in EYES:
-            centre = points[eye.iris_centre].astype(np.float32)
-            radius = float(np.linalg.norm(points[list(eye.iris_ring)] - centre, axis=1).mean())
-            radius = max(radius, 1.0)
-            half = int(np.ceil(radius * 1.3)) + 1
-            patch = cv2.getRectSubPix(avatar_bgr, (2 * half + 1, 2 * half + 1), tuple(map(float, centre)))
-            yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float32)
-            alpha = np.clip(radius + 0.5 - np.sqrt(xx * xx + yy * yy), 0.0, 1.0)
-            opening = _polygon_mask(points[list(eye.opening)], (0, 0), shape)
-            seen = cv2.getRectSubPix(opening, (2 * half + 1, 2 * half + 1), tuple(map(float, centre)))
-            patch = self._completed_iris(patch, seen)
-            disk = np.zeros(shape, np.uint8)
-            cv2.circle(disk, tuple(int(round(v)) for v in centre), int(np.ceil(radius * 1.15)), 255, -1)
-            disk[opening < 0.01] = 0
-            width = float(np.linalg.norm(points[eye.corners[0]] - points[eye.corners[1]]))
-            ball, origin = self._eyeball(avatar_bgr, (opening > 0.5) & (disk == 0), points[list(eye.opening)], width)
-            rigs.append(_EyeRig(eye, centre, radius, patch.astype(np.float32), alpha, width, ball, origin))
-        self._eyes = rigs
-
-    @staticmethod
-    def _eyeball(avatar_bgr: np.ndarray, sclera: np.ndarray, outline: np.ndarray,
-                 width: float) -> tuple[np.ndarray, tuple[int, int]]:
-        """The eyeball around one eye without its iris: the white seen in the photo (`sclera`: the
-        opening less the iris disk and the lash line) carried on over the iris and under the lids,
-        so lids that open wider than in the photo uncover white, not stretched lashes. Returns the
-        patch and its top-left corner (avatar px)."""
-        height, width_px = avatar_bgr.shape[:2]
-        x0, y0, x1, y1 = _box_around(outline, 0.35 * width + 2.0, (0, 0, width_px, height))
-        known = cv2.erode(sclera[y0:y1, x0:x1].astype(np.uint8), np.ones((3, 3), np.uint8))
-        patch = np.ascontiguousarray(avatar_bgr[y0:y1, x0:x1])
-        if known.any():
-            patch = cv2.inpaint(patch, (1 - known) * 255, 3.0, cv2.INPAINT_TELEA)
-        return patch.astype(np.float32), (x0, y0)
-
-    @staticmethod
-    def _completed_iris(patch: np.ndarray, seen: np.ndarray) -> np.ndarray:
-        """The iris patch with what the lids hid in the photo (its top, often) filled from its
-        mirror image across the centre row, where that was seen: an eye opening wider than in the
-        photo shows a round iris, not the lid's lashes inside it."""
-        flipped, flipped_seen = patch[::-1], seen[::-1]
-        use = np.clip(flipped_seen - seen, 0.0, 1.0)[..., None]
-        return (patch + use * (flipped - patch)).astype(patch.dtype)
-
     # ------------------------------------------------------------------------------------------
     # Per calibration
     def set_neutral(self, driving: DrivingFrame) -> None:
@@ -609,9 +632,6 @@ class MeshAnimator(Animator):
         if alpha is not None:
             warped = self._over_room(warped, alpha, box)
         origin = self._box_origin(box)
-        if self.paint_eyes:
-            for rig in self._eyes:
-                self._paint_eye(warped, origin, target, rig)
         self._paint_mouth(warped, origin, target.points, driving)
         output = self._avatar_bgr.copy()
         output[self._box_slices(box)] = warped
@@ -640,7 +660,7 @@ class MeshAnimator(Animator):
         """The box of grid samples (c0, r0, c1, r1) whose pixels can differ from the avatar: where
         the map moves; with the head layered over the room (`alpha`: its moved matte), only where
         the matte or the room plate shows (beyond, the room is the avatar's own pixels whatever
-        the map does there); plus where the eyes and mouth are painted. None: nothing changes."""
+        the map does there); plus where the mouth interior is painted. None: nothing changes."""
         if alpha is not None:
             parts = [alpha > 0.0, self._plate_cells]
         else:
@@ -650,28 +670,23 @@ class MeshAnimator(Animator):
             rows, cols = np.nonzero(part.any(axis=1))[0], np.nonzero(part.any(axis=0))[0]
             if rows.size:
                 box = _union(box, (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1))
-        for painted in self._painted_boxes(target):
-            box = _union(box, painted)
+        if self._mouth_strength(target.points) > 0.0:
+            box = _union(box, self._mouth_box(target))
         if box is None:
             return None
         rows, cols = self._grid.shape
         pad = 1  # the upsampled map needs a sample beyond the moving ones
         return max(box[0] - pad, 0), max(box[1] - pad, 0), min(box[2] + pad, cols), min(box[3] + pad, rows)
 
-    def _painted_boxes(self, target: MotionTarget) -> list[tuple[int, int, int, int]]:
-        """Grid boxes of the mouth and the re-painted eyes at the target (their paint may reach a
-        little past the moving mesh: a gaze alone moves no vertex)."""
+    def _mouth_box(self, target: MotionTarget) -> tuple[int, int, int, int]:
+        """The grid box of the mouth at the target: its interior is painted up to 2 px beyond the
+        inner lips, which may reach past the samples the moving mesh changes."""
         grid = self._grid
-        eyes = self._eyes if self.paint_eyes else []
-        groups = [list(rig.indices.opening) + [rig.indices.iris_centre] for rig in eyes] + [list(INNER_LIPS)]
-        boxes = []
-        for group in groups:
-            at = (target.points[group] - (grid.x0, grid.y0)) / grid.step
-            pad = 2.0 + max(rig.iris_radius for rig in self._eyes) / grid.step
-            c0, r0 = np.floor(at.min(axis=0) - pad).astype(int)
-            c1, r1 = np.ceil(at.max(axis=0) + pad).astype(int)
-            boxes.append((c0, r0, c1, r1))
-        return boxes
+        at = (target.points[list(INNER_LIPS)] - (grid.x0, grid.y0)) / grid.step
+        pad = 2.0 + 2.0 / grid.step
+        c0, r0 = np.floor(at.min(axis=0) - pad).astype(int)
+        c1, r1 = np.ceil(at.max(axis=0) + pad).astype(int)
+        return c0, r0, c1, r1
 
     def _upsampled(self, offsets: np.ndarray, box: tuple[int, int, int, int], relative: bool = False) -> np.ndarray:
         """The full-resolution backward map over a box of grid samples, float32: avatar px, or with
@@ -738,7 +753,9 @@ class MeshAnimator(Animator):
         ring = np.clip(ring, *self._ring_limits)
         vertices = self._vertices_src.copy()
         faces = len(self._warp_points)
-        vertices[:faces] = target.points[self._warp_points]
+        vertices[:faces - len(EYES)] = target.points[self._warp_points[:-len(EYES)]]
+        for gaze in self._gaze_eyes:  # relative to its place for the avatar's own landmarks: exact at rest
+            vertices[gaze.vertex] += self._iris_position(target.points, gaze) - gaze.rest
         vertices[faces:self._num_moving] = ring
         ring_motion = ring - self._ring_src
         vertices[self._num_moving:] += self._edge_share * ring_motion[self._edge_nearest]
@@ -860,12 +877,17 @@ class MeshAnimator(Animator):
     # ------------------------------------------------------------------------------------------
     # Mouth: where the driver opens wider than the avatar's own mouth, a mouth interior: the
     # driver's own (teeth, tongue) where their frame shows it, over a shaded cavity
+    def _mouth_strength(self, points: np.ndarray) -> float:
+        """How much of the mouth interior shows (0..1): where the target mouth opens wider than the
+        avatar's own, faded in between CAVITY_START and CAVITY_FULL."""
+        opening = mouth_open_ratio(points) - self._mouth.open_ratio
+        return float(np.clip((opening - CAVITY_START) / (CAVITY_FULL - CAVITY_START), 0.0, 1.0))
+
     def _paint_mouth(self, warped: np.ndarray, origin: np.ndarray, points: np.ndarray,
                      driving: DrivingFrame | None = None) -> None:
         """Paint the mouth interior into `warped` (a block of the output whose top-left pixel is
         `origin`, avatar px), faded in with the opening."""
-        opening = mouth_open_ratio(points) - self._mouth.open_ratio
-        strength = float(np.clip((opening - CAVITY_START) / (CAVITY_FULL - CAVITY_START), 0.0, 1.0))
+        strength = self._mouth_strength(points)
         if strength <= 0.0:
             return
         height, width = warped.shape[:2]
@@ -949,89 +971,3 @@ class MeshAnimator(Animator):
         teeth = (0.85 * min(gap / (2.5 * band), 1.0)) * np.sqrt(vertical) * vertical * horizontal[None, :]
         return cavity + teeth[..., None] * (TEETH_BGR - cavity)
 
-    # ------------------------------------------------------------------------------------------
-    # Eyes: the iris moved inside the opening, the lids closing over it
-    def _paint_eye(self, warped: np.ndarray, origin: np.ndarray, target: MotionTarget, rig: _EyeRig) -> None:
-        """Re-paint one eye's opening in `warped` (a block of the output at `origin`, avatar px):
-        the eyeball moved with the eye's corners, the iris at its target, both cut by the lids."""
-        points = target.points
-        eye = rig.indices
-        head_scale = target.head.scale
-        opening_target = points[list(eye.opening)]
-        opening_src = self._avatar_points[list(eye.opening)]
-        gap_target = np.linalg.norm(points[list(eye.upper_lid)] - points[list(eye.lower_lid)], axis=1).mean()
-        gap_src = np.linalg.norm(opening_src[:len(eye.upper_lid)] -
-                                 self._avatar_points[list(eye.lower_lid)], axis=1).mean()
-        openness = gap_target / max(gap_src * head_scale, 1e-6)
-        iris_target = self._iris_in_eye(points[eye.iris_centre], rig, points, min(openness, 1.0))
-        # Closing or opening wider: the lids move over a round iris, which the mesh would squash.
-        change = abs(1.0 - openness)
-        moved_centre = self._mesh_moved(rig.iris_centre, target)
-        shift = float(np.linalg.norm(iris_target - moved_centre))
-        # Fade in the re-painted eye with the change, so the identity motion stays pixel-exact; below
-        # EYE_REPAINT_FROM of it the mesh's own eye is as good (and the repaint costs ~0.5 ms).
-        blend = float(np.clip(max(shift / 1.0, change / 0.1), 0.0, 1.0))
-        if blend < EYE_REPAINT_FROM:
-            return
-        pad = rig.iris_radius * head_scale + 2.0
-        x0, y0, x1, y1 = _box_around(opening_target - origin, pad, (0, 0, warped.shape[1], warped.shape[0]))
-        if x1 - x0 < 2 or y1 - y0 < 2:
-            return
-        # The eyeball moves with the eye's corners, under the lids.
-        corners = list(eye.corners)
-        src, dst = as_complex(self._avatar_points[corners]), as_complex(points[corners])
-        m = (dst[1] - dst[0]) / (src[1] - src[0])
-        to_target = Similarity(complex(m), complex(dst[0] - m * src[0]))
-        place = Similarity(1.0 + 0j, complex(*rig.ball_origin)).then(to_target).then(
-            Similarity(1.0 + 0j, -complex(origin[0] + x0, origin[1] + y0)))
-        background = cv2.warpAffine(rig.ball_bgr, place.matrix(), (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_REPLICATE)
-        iris, iris_alpha = self._placed_iris(rig, iris_target - origin - (x0, y0), head_scale, target.head,
-                                             (x1 - x0, y1 - y0))
-        eye_bgr = background + iris_alpha[..., None] * (iris - background)
-        opening_mask = _polygon_mask(opening_target - origin, (x0, y0), (y1 - y0, x1 - x0))
-        alpha = (opening_mask * blend)[..., None]
-        region = warped[y0:y1, x0:x1].astype(np.float32)
-        warped[y0:y1, x0:x1] = (region + alpha * (eye_bgr - region) + 0.5).astype(np.uint8)
-
-    def _iris_in_eye(self, iris: np.ndarray, rig: _EyeRig, points: np.ndarray, openness: float = 1.0) -> np.ndarray:
-        """The iris target kept inside the eye: in the eye's own frame (corner to corner = 0..1) at
-        most IRIS_REACH from where the avatar's iris sits, so a tracking glitch cannot roll it out.
-        Across the eye it moves only as far as the eye is open: a closing lid covers the iris, it
-        does not push it down (Face Mesh's iris point sinks with a closing lid; a painted iris
-        following it would keep the pupil in sight)."""
-        corners = list(rig.indices.corners)
-        src = as_complex(self._avatar_points[corners])
-        dst = as_complex(points[corners])
-        home = (complex(*rig.iris_centre) - src[0]) / (src[1] - src[0])
-        u = (complex(float(iris[0]), float(iris[1])) - dst[0]) / (dst[1] - dst[0])
-        reach_x, reach_y = IRIS_REACH
-        across = np.clip(u.imag - home.imag, -reach_y, reach_y) * max(openness, 0.0)
-        u = complex(np.clip(u.real, home.real - reach_x, home.real + reach_x), home.imag + across)
-        z = dst[0] + u * (dst[1] - dst[0])
-        return np.array([z.real, z.imag], np.float32)
-
-    def _mesh_moved(self, source_point: np.ndarray, target: MotionTarget) -> np.ndarray:
-        """Where the warp carries an avatar point inside an eye: the iris centre is not a mesh vertex,
-        so it moves with the similarity of the nearest eye's corners."""
-        nearest = min(self._eyes, key=lambda r: float(np.linalg.norm(r.iris_centre - source_point)))
-        corners = list(nearest.indices.corners)
-        src = as_complex(self._avatar_points[corners])
-        dst = as_complex(target.points[corners])
-        m = (dst[1] - dst[0]) / (src[1] - src[0])
-        moved = m * (complex(source_point[0], source_point[1]) - src[0]) + dst[0]
-        return np.array([moved.real, moved.imag], np.float32)
-
-    @staticmethod
-    def _placed_iris(rig: _EyeRig, centre: np.ndarray, scale: float, head: Similarity,
-                     box_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """The iris patch and its disk, rotated/scaled with the head, centred at `centre` (box px)."""
-        half = (rig.iris_patch_bgr.shape[1] - 1) / 2.0
-        rotation = np.angle(head.m, deg=True)
-        matrix = cv2.getRotationMatrix2D((half, half), -rotation, scale)
-        matrix[:, 2] += centre - (half, half)
-        iris = cv2.warpAffine(rig.iris_patch_bgr, matrix, box_size, flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
-        alpha = cv2.warpAffine(rig.iris_alpha, matrix, box_size, flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        return iris, alpha
