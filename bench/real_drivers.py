@@ -8,8 +8,9 @@ real_drivers_sheet.png (per video: frame 0 and its hardest frames, driver | outp
 Protocol (FOMM's self-reconstruction): a square crop fixed on frame 0's face (the app's crop rule,
 `square_face_box`, with `--margin`) is cut from every frame at `--size`; the avatar is frame 0's
 crop with its static-mode landmarks, the neutral is frame 0, and the engine reconstructs every frame
-from tracking-mode Face Mesh landmarks of that frame's crop, as the live app runs it. The output is
-re-measured with static-mode Face Mesh (the instrument adds no jitter of its own).
+from tracking-mode Face Mesh landmarks of that frame's crop, as the live app runs it. The driver's
+measures come from those same tracking-mode landmarks; the output is re-measured with static-mode
+Face Mesh (the instrument adds no jitter of its own).
 
 Measures per video:
   l1            mean |output - driver| on [0, 1] over the crop, averaged over the frames
