@@ -137,14 +137,16 @@ def contact_sheet(driving: np.ndarray, animated_path: Path, tile: int = 192) -> 
     picks = np.linspace(0, min(len(driving), len(animated)) - 1, SHEET_COLUMNS).round().astype(int)
     out_h, out_w = animated[0].shape[:2]
     out_tile = (round(tile * out_w / out_h), tile)
-    side = max(out_tile[0] - tile, 0)  # each driving tile centred over its output tile
-    top = np.hstack([cv2.copyMakeBorder(cv2.resize(driving[i], (tile, tile), interpolation=cv2.INTER_AREA),
+    in_h, in_w = driving[0].shape[:2]
+    in_width = min(round(tile * in_w / in_h), out_tile[0])  # the camera frame at its own aspect
+    side = max(out_tile[0] - in_width, 0)  # each driving tile centred over its output tile
+    top = np.hstack([cv2.copyMakeBorder(cv2.resize(driving[i], (in_width, tile), interpolation=cv2.INTER_AREA),
                                         0, 0, side // 2, side - side // 2, cv2.BORDER_CONSTANT, value=(255, 255, 255))
                      for i in picks])
     bottom = np.hstack([cv2.resize(animated[i], out_tile, interpolation=cv2.INTER_AREA) for i in picks])
     sheet = np.vstack([top, bottom])
     for column, index in enumerate(picks):
-        cv2.putText(sheet, f"frame {index}", (column * (tile + side) + side // 2 + 6, 18), cv2.FONT_HERSHEY_SIMPLEX,
+        cv2.putText(sheet, f"frame {index}", (column * (in_width + side) + side // 2 + 6, 18), cv2.FONT_HERSHEY_SIMPLEX,
                     0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return sheet
 
