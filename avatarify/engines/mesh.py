@@ -210,6 +210,24 @@ def warp_points(mesh: np.ndarray) -> np.ndarray:
     return np.array(sorted(kept))
 
 
+def _rows_filled(image_bgr: np.ndarray, unknown: np.ndarray, fallback_bgr: np.ndarray) -> np.ndarray:
+    """`image_bgr` with its `unknown` pixels filled row by row, linearly between the nearest known
+    pixels left and right (constant beyond the last one): rooms are mostly horizontal bands (a wall
+    over a shelf, a desk edge), which radial inpainting smears into a blotch of the band beside the
+    head. Rows with nothing known take `fallback_bgr`; a light blur across rows evens the seams."""
+    filled = fallback_bgr.astype(np.float32)
+    columns = np.arange(image_bgr.shape[1])
+    for row in np.flatnonzero(unknown.any(axis=1)):
+        known = ~unknown[row]
+        if not known.any():
+            continue
+        for channel in range(3):
+            filled[row, ~known, channel] = np.interp(columns[~known], columns[known], image_bgr[row, known, channel])
+    smooth = cv2.GaussianBlur(filled, (0, 0), 1.0)
+    filled[unknown] = smooth[unknown]
+    return np.clip(filled + 0.5, 0, 255).astype(np.uint8)
+
+
 def _union(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     """The box (x0, y0, x1, y1) around two boxes (a may be None)."""
     if a is None:
@@ -495,17 +513,19 @@ class MeshAnimator(Animator):
         return np.ascontiguousarray(soft[pad:-pad, pad:-pad])
 
     @staticmethod
-    def _inpainted(image_bgr: np.ndarray, hole: np.ndarray) -> np.ndarray:
-        """`image_bgr` with `hole` (uint8 0/1) filled from around it, inpainted at about PLATE_SIDE
-        px (the room behind a head is out of focus and smooth; full resolution would cost seconds)."""
+    def _inpainted(image_bgr: np.ndarray, hole: np.ndarray, not_source: np.ndarray | None = None) -> np.ndarray:
+        """`image_bgr` with `hole` (uint8 0/1) filled from around it, but not from `not_source`
+        (uint8 0/1), inpainted at about PLATE_SIDE px (the room behind a head is out of focus and
+        smooth; full resolution would cost seconds)."""
         if not hole.any():
             return image_bgr.copy()
         height, width = hole.shape
         scale = min(1.0, PLATE_SIDE / max(height, width))
         small_size = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
         small = cv2.resize(image_bgr, small_size, interpolation=cv2.INTER_AREA)
-        small_hole = (cv2.resize(hole.astype(np.float32), small_size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
-        filled = cv2.inpaint(small, small_hole * 255, 3.0, cv2.INPAINT_TELEA)
+        unknown = hole if not_source is None else np.maximum(hole, not_source)
+        small_hole = (cv2.resize(unknown.astype(np.float32), small_size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
+        filled = _rows_filled(small, small_hole > 0, cv2.inpaint(small, small_hole * 255, 3.0, cv2.INPAINT_TELEA))
         filled = cv2.resize(filled, (width, height), interpolation=cv2.INTER_LINEAR)
         plate = image_bgr.copy()
         plate[hole > 0] = filled[hole > 0]
