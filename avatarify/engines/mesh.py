@@ -146,10 +146,12 @@ class _Gaze:
     rest: np.ndarray
 
 
-def _eye_frame(points: np.ndarray, eye: EyeIndices) -> tuple[complex, complex]:
-    """The eye's own frame: its first corner and the vector to the other (corner to corner = 0..1)."""
+def _eye_frame(points: np.ndarray, eye: EyeIndices) -> tuple[tuple[complex, complex], complex]:
+    """The eye's own frame (its first corner and the vector to the other: corner to corner = 0..1
+    along the real axis) and the iris centre in it."""
     corner = complex(*points[eye.corners[0]])
-    return corner, complex(*points[eye.corners[1]]) - corner
+    axis = complex(*points[eye.corners[1]]) - corner
+    return (corner, axis), (complex(*points[eye.iris_centre]) - corner) / axis
 
 
 def _lids_across(points: np.ndarray, eye: EyeIndices, frame: tuple[complex, complex],
@@ -427,8 +429,7 @@ class MeshAnimator(Animator):
         """Where the avatar's iris sits in its eye: along the eye and across it, as a share of the way
         from the lower lid to the upper one."""
         points = self._avatar_points
-        frame = _eye_frame(points, eye)
-        iris = (complex(*points[eye.iris_centre]) - frame[0]) / frame[1]
+        frame, iris = _eye_frame(points, eye)
         lower, upper = _lids_across(points, eye, frame, iris.real)
         share = (iris.imag - lower) / (upper - lower) if abs(upper - lower) > 1e-6 else 0.5
         rig = _Gaze(eye, vertex, iris.real, float(np.clip(share, *GAZE_SHARE)), np.zeros(2))
@@ -442,8 +443,7 @@ class MeshAnimator(Animator):
         own share of the way between the lids, so it stays between them and a closing lid covers it
         (Face Mesh's iris sinks as the lid closes; following it down would fold the lid)."""
         eye = gaze.indices
-        frame = _eye_frame(points, eye)
-        iris = (complex(*points[eye.iris_centre]) - frame[0]) / frame[1]
+        frame, iris = _eye_frame(points, eye)
         along = float(np.clip(iris.real, gaze.along - IRIS_REACH, gaze.along + IRIS_REACH))
         lower, upper = _lids_across(points, eye, frame, along)
         position = frame[0] + complex(along, lower + gaze.share * (upper - lower)) * frame[1]
@@ -513,18 +513,17 @@ class MeshAnimator(Animator):
         return np.ascontiguousarray(soft[pad:-pad, pad:-pad])
 
     @staticmethod
-    def _inpainted(image_bgr: np.ndarray, hole: np.ndarray, not_source: np.ndarray | None = None) -> np.ndarray:
-        """`image_bgr` with `hole` (uint8 0/1) filled from around it, but not from `not_source`
-        (uint8 0/1), inpainted at about PLATE_SIDE px (the room behind a head is out of focus and
-        smooth; full resolution would cost seconds)."""
+    def _inpainted(image_bgr: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        """`image_bgr` with `hole` (uint8 0/1) filled from around it (see `_rows_filled`), at about
+        PLATE_SIDE px (the room behind a head is out of focus and smooth; full resolution would cost
+        seconds)."""
         if not hole.any():
             return image_bgr.copy()
         height, width = hole.shape
         scale = min(1.0, PLATE_SIDE / max(height, width))
         small_size = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
         small = cv2.resize(image_bgr, small_size, interpolation=cv2.INTER_AREA)
-        unknown = hole if not_source is None else np.maximum(hole, not_source)
-        small_hole = (cv2.resize(unknown.astype(np.float32), small_size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
+        small_hole = (cv2.resize(hole.astype(np.float32), small_size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
         filled = _rows_filled(small, small_hole > 0, cv2.inpaint(small, small_hole * 255, 3.0, cv2.INPAINT_TELEA))
         filled = cv2.resize(filled, (width, height), interpolation=cv2.INTER_LINEAR)
         plate = image_bgr.copy()
