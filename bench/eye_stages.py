@@ -9,9 +9,10 @@ of the lid-gap ratio (`eye_open_ratios`, the bench's measure):
   target    the engine's target landmarks (`MotionTarget.points`: after smoothing, deadbands,
             the eye-openness mapping), and `openness`, the engine's own per-eye openness value
   output    the engine's output re-measured by static-mode Face Mesh (what the bench compares)
-and the Pearson r of each pair, over the frames where all are defined. Output: eye_stages.json in
-`--out DIR` (pairs, 2nd-98th percentile ranges and the series; no picture: a diagnostic), and the
-pairs on stdout. The landmarks of the driver are cached in `--cache DIR`
+and the Pearson r of each pair, over the frames where all are defined. Output in `--out DIR`:
+eye_stages.json (pairs, 2nd-98th percentile ranges and the series), eye_stages.png (per video and
+eye, the tracking, target and output series over the frames, each over its own first frame), and
+the pairs on stdout. The landmarks of the driver are cached in `--cache DIR`
 (outside the repository) so that reruns only re-run the engine.
 
 CLI: `python bench/eye_stages.py --real /work/shared/real_drivers --out DIR [--max-frames N]`.
@@ -138,7 +139,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(path.stem, side, data[path.stem][side]["range_2_98"])
             print("   ", data[path.stem][side]["corr"])
     write_json(args.out / "eye_stages.json", data)
+    plot(data, args.out / "eye_stages.png")
     return 0
+
+
+def plot(data: dict, path: Path) -> None:
+    """Per video (rows) and eye (columns): the eye-opening series the engine gets, aims at and shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(data), 2, figsize=(12, 2.4 * len(data)), squeeze=False)
+    for row, (video, result) in enumerate(data.items()):
+        for column, side in enumerate(("left", "right")):
+            ax = axes[row][column]
+            for name in ("tracking", "target", "output"):
+                series = np.asarray(result["_series"][name], dtype=np.float64)[:, column]
+                first = series[np.isfinite(series)][0] if np.isfinite(series).any() else 1.0
+                label = f"{name} (r with tracking {result[side]['corr'].get(f'tracking~{name}', 1.0):.2f})"
+                ax.plot(series / first, linewidth=0.8, label=label if name != "tracking" else name)
+            ax.set_title(f"{video}, {side} eye", fontsize=9)
+            ax.set_ylabel("lid gap / frame 0", fontsize=8)
+            ax.legend(fontsize=7, loc="lower left")
+    axes[-1][0].set_xlabel("frame")
+    axes[-1][1].set_xlabel("frame")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
