@@ -55,6 +55,12 @@ _LANDMARK_RECORD = np.dtype([("field", "u1"), ("size", "u1"), ("x_tag", "u1"), (
 _LANDMARK_TAGS = (0x0A, 0x0F, 0x0D, 0x15, 0x1D)
 
 
+def _largest_first(faces: list[FaceLandmarks]) -> None:
+    """Sort faces in place by box area, largest first (one face: nothing to do, no box computed)."""
+    if len(faces) > 1:
+        faces.sort(key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+
+
 def landmark_array(face) -> np.ndarray:
     """(N, 3) float32 x, y, z of a MediaPipe NormalizedLandmarkList, read from its serialized bytes
     when every landmark has exactly x, y and z; otherwise landmark by landmark."""
@@ -108,8 +114,7 @@ class FaceMeshDetector:
             # Face Mesh's z is in the scale of x (normalised by the image width).
             faces.append(FaceLandmarks(pts, in_frame_fraction(pts, width, height), (width, height),
                                        xyz[:, 2] * np.float32(width)))
-        if len(faces) > 1:
-            faces.sort(key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+        _largest_first(faces)
         return faces
 
     def detect(self, frame_bgr: np.ndarray) -> FaceLandmarks | None:
@@ -289,8 +294,7 @@ class FaceAlignmentDetector:
             pts = np.asarray(points, dtype=np.float32)[:, :2]
             inside = (pts[:, 0] >= 0) & (pts[:, 0] < width) & (pts[:, 1] >= 0) & (pts[:, 1] < height)
             faces.append(FaceLandmarks(pts, float(inside.mean()), (width, height)))
-        if len(faces) > 1:
-            faces.sort(key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+        _largest_first(faces)
         return faces[:self.max_faces]
 
     def detect(self, frame_bgr: np.ndarray) -> FaceLandmarks | None:
