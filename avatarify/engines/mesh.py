@@ -121,12 +121,9 @@ class _Grid:
         gx, gy = np.meshgrid(xs, ys)
         return np.stack([gx, gy], axis=-1).astype(np.float32)
 
-    def to_index(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Full-resolution positions → fractional sample indices (cv2.remap maps into the grid)."""
-        scale = 1.0 / self.step
-        mx = (xy[..., 0] - self.x0 + 0.5) * scale - 0.5
-        my = (xy[..., 1] - self.y0 + 0.5) * scale - 0.5
-        return mx, my
+    def to_index(self, xy: np.ndarray) -> np.ndarray:
+        """Full-resolution positions (..., 2) → fractional sample indices (column, row)."""
+        return (xy - (self.x0, self.y0) + 0.5) / self.step - 0.5
 
     @property
     def slices(self) -> tuple[slice, slice]:
@@ -860,8 +857,7 @@ class MeshAnimator(Animator):
         shift = 4
 
         def on_grid(points: np.ndarray) -> np.ndarray:
-            at = (points - (grid.x0, grid.y0) + 0.5) / grid.step - 0.5
-            return np.round(at * (1 << shift)).astype(np.int32)
+            return np.round(grid.to_index(points) * (1 << shift)).astype(np.int32)
 
         ids = np.full(grid.shape, len(corners), np.int32)
         if room is not None:
