@@ -161,11 +161,6 @@ class FaceFinder:
         """A face is locked and was tracked on the last frame."""
         return self._tracking
 
-    @property
-    def crop_box(self) -> np.ndarray | None:
-        """The landmark crop (cx, cy, side) in frame pixels while tracking, else None."""
-        return self._crop_box if self._tracking else None
-
     def request_next_face(self) -> None:
         """Lock onto the next face to the right at the next frame (hotkey n)."""
         self._switch_requested = True
