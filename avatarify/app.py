@@ -356,6 +356,7 @@ class LiveApp:
         self.avatar_index = index
         self.controls.avatar_index = index
         avatar = self.avatar
+        self.animator.photo_box = avatar.photo_box  # the fill beside a narrow photo never moves
         self.animator.set_avatar(avatar.image_bgr, avatar.landmarks)
         # The overlay hotkey draws the avatar's face where the driving crop frames the driver's.
         size = crop_size(self.settings)
@@ -442,8 +443,8 @@ def _avatar_paths(settings: Settings) -> list[Path]:
 
 
 def avatar_framing(settings: Settings) -> AvatarFraming:
-    return AvatarFraming(settings.framing, settings.cam_width, settings.cam_height, crop_size(settings),
-                         settings.crop_margin)
+    return AvatarFraming(settings.framing, settings.fill, settings.cam_width, settings.cam_height,
+                         crop_size(settings), settings.crop_margin)
 
 
 def open_sinks(settings: Settings, fps: float) -> tuple[list[Sink], PreviewWindow | None]:

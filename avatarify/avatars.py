@@ -37,6 +37,7 @@ class AvatarFraming:
     """How avatar photos are framed: "call" (camera-size picture) or "crop" (square face crop)."""
 
     mode: str = "call"
+    fill: str = "blur"  # beside a narrow photo, for "call" (compose.FILLS)
     width: int = 1280  # camera frame, for "call"
     height: int = 720
     crop_size: int = 256  # for "crop"
@@ -51,6 +52,7 @@ class Avatar:
     landmarks: FaceLandmarks  # in image_bgr pixels
     photo_size: tuple[int, int]  # (width, height) of the photo it was cut from
     filled_share: float = 0.0  # share of image_bgr filled beyond the photo's edge
+    photo_box: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) of image_bgr that is the photo's
 
 
 def find_avatar_files(paths: list[Path]) -> list[Path]:
@@ -149,9 +151,9 @@ def load_avatar(path: Path, framing: AvatarFraming, detector: FaceMeshDetector) 
     if framing.mode == "crop":
         framed = crop_photo(image, face, framing.crop_size, framing.margin)
     else:
-        framed = frame_photo(image, face, framing.width, framing.height)
+        framed = frame_photo(image, face, framing.width, framing.height, framing.fill)
     return Avatar(path.stem, path, framed.image_bgr, framed.landmarks, (image.shape[1], image.shape[0]),
-                  framed.filled_share)
+                  framed.filled_share, framed.photo_box)
 
 
 def load_avatars(paths: list[Path], framing: AvatarFraming = AvatarFraming()) -> list[Avatar]:

@@ -4,10 +4,13 @@ pasted back into it.
 Per avatar, once:
   - `frame_photo`: the photo cut to the camera's size and aspect (16:9 by default) around the face,
     placed as in a video call (face centred, head room above, shoulders below), resampled once from
-    the photo's own pixels. Where the photo does not reach the frame's edge at that scale (a tight
-    portrait), the frame is filled from the photo itself: its edge mirrored outward and blurred more
-    the farther it gets from the photo (`--framing call`, the default). `--framing crop` keeps the
-    square face crop of earlier versions (FOMM's framing), at `--size`.
+    the photo's own pixels. Where the photo does not reach the frame's edge at that scale (a square
+    or tight portrait in a 16:9 frame), `--fill` decides: `blur` (the default) puts the photo over a
+    blurred, dimmed enlargement of itself, as phones and call apps show a portrait in a wide frame
+    (stretched edge columns read as stripes); `zoom` reframes closer, the largest region of the
+    frame's aspect that the photo holds, so the frame needs no fill (the face is bigger). `--framing
+    call` is the default; `--framing crop` keeps the square face crop of earlier versions (FOMM's
+    framing), at `--size`. `Framed.photo_box` says which part of the picture is the photo's own.
   - `PasteBack`: where the network's 256-px face crop sits in the framed picture, the inverse map
     from picture pixels back into the crop, and a soft mask around the head (the face outline
     widened over hair and skull, feathered), all precomputed.
@@ -33,6 +36,7 @@ from avatarify.motion import NUM_MESH_POINTS, Similarity, head_outline
 from avatarify.tracking import crop_matrix, crop_square, square_face_box
 
 FRAMINGS = ("call", "crop")
+FILLS = ("blur", "zoom")
 
 # Where the face sits in a call frame: the face box (chin to upper forehead, Face Mesh's extent)
 # covers this share of the frame height, its top this far down (the skull and hair fill the head
@@ -45,12 +49,13 @@ MAX_FACE_HEIGHT_SHARE = 0.5
 FACE_CENTRE_RANGE = (0.38, 0.62)
 FACE_TOP_RANGE = (0.12, 0.26)
 ZOOM_STEPS = 8
-# The fill beyond the photo's edge: the edge's pixels extended outward (mirroring would repeat the
-# face beside a tight portrait) and blurred with this sigma (share of the frame height), so it reads
-# as out-of-focus room; the blur fades in across FILL_EDGE of the frame height on both sides of the
-# photo's edge, so neither streaks nor a hard line show there.
-FILL_BLUR = 0.06
-FILL_EDGE = 0.015
+# The blur fill beyond the photo's edge: the photo itself enlarged to cover the frame, blurred with
+# this sigma (share of the frame height) and dimmed to FILL_DIM of its brightness, so it reads as
+# out-of-focus room behind the photo and the photo stays what the eye goes to; the photo ends
+# softly over FILL_EDGE of the frame height on both sides of its edge, without a hard line.
+FILL_BLUR = 0.04
+FILL_DIM = 0.6
+FILL_EDGE = 0.01
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Framed:
     landmarks: FaceLandmarks  # in image_bgr pixels
     matrix: np.ndarray  # 2x3: photo pixels -> image_bgr pixels
     filled_share: float  # share of the picture filled beyond the photo's edge (0: none)
+    photo_box: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) of the photo's own pixels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,6 +114,20 @@ def call_region(landmarks: FaceLandmarks, photo_size: tuple[int, int],
     return best[1]
 
 
+def covered_region(landmarks: FaceLandmarks, photo_size: tuple[int, int],
+                   frame_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """`--fill zoom`: the largest photo region of the frame's aspect inside the photo, placed as
+    close to the call placement of the face as the photo allows (the face may come out bigger)."""
+    photo_w, photo_h = photo_size
+    frame_w, frame_h = frame_size
+    centre_x, top_y, _ = _face_extent(landmarks)
+    height = min(float(photo_h), photo_w * frame_h / frame_w)
+    width = height * frame_w / frame_h
+    x0 = min(max(centre_x - width / 2.0, 0.0), photo_w - width)
+    y0 = min(max(top_y - FACE_TOP_SHARE * height, 0.0), photo_h - height)
+    return x0, y0, width, height
+
+
 def _resample(photo_bgr: np.ndarray, region: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
     """The integer photo region (x0, y0, w, h) resized once to `size`: area averaging when
     shrinking, Lanczos when enlarging."""
@@ -123,28 +143,42 @@ def _resample(photo_bgr: np.ndarray, region: tuple[int, int, int, int], size: tu
     return cv2.resize(cut, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4)
 
 
-def _blurred_fill(image_bgr: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """Beyond the photo's edge (`inside` 0) the extended edge, blurred; the blur fades in across
-    the edge (FILL_EDGE on each side) so the photo ends softly, without a line."""
+def _photo_backdrop(photo_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The blur fill: the photo scaled to cover `size` (centre-cut), blurred and dimmed (FILL_*).
+    A wide blur is smooth: it is computed at a quarter of the resolution (~1/16 of the cost)."""
+    width, height = size
+    small_size = (max(width // 4, 1), max(height // 4, 1))
+    photo_h, photo_w = photo_bgr.shape[:2]
+    scale = max(small_size[0] / photo_w, small_size[1] / photo_h)
+    cover = cv2.resize(photo_bgr, (max(int(np.ceil(photo_w * scale)), small_size[0]),
+                                   max(int(np.ceil(photo_h * scale)), small_size[1])), interpolation=cv2.INTER_AREA)
+    x0, y0 = (cover.shape[1] - small_size[0]) // 2, (cover.shape[0] - small_size[1]) // 2
+    small = cover[y0:y0 + small_size[1], x0:x0 + small_size[0]].astype(np.float32)
+    small = cv2.GaussianBlur(small, (0, 0), max(FILL_BLUR * height / 4.0, 1.0), borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small * FILL_DIM, size, interpolation=cv2.INTER_LINEAR)
+
+
+def _over_backdrop(image_bgr: np.ndarray, inside: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
+    """The framed photo over the backdrop beyond its edge (`inside` 0), the two blended across the
+    edge (FILL_EDGE on each side) so the photo ends softly, without a line."""
     height = image_bgr.shape[0]
     outside_by = cv2.distanceTransform((inside == 0).astype(np.uint8), cv2.DIST_L2, 3)
     inside_by = cv2.distanceTransform(inside, cv2.DIST_L2, 3)
     reach = max(FILL_EDGE * height, 1.0)
     ramp = np.clip((outside_by - inside_by + reach) / (2.0 * reach), 0.0, 1.0)
     weight = (ramp * ramp * (3.0 - 2.0 * ramp))[..., None]  # smoothstep
-    # A wide blur is smooth: computed at a quarter of the resolution, it costs ~1/16.
-    small = cv2.resize(image_bgr, (max(image_bgr.shape[1] // 4, 1), max(height // 4, 1)),
-                       interpolation=cv2.INTER_AREA)
-    small = cv2.GaussianBlur(small, (0, 0), max(FILL_BLUR * height / 4.0, 1.0))
-    blurred = cv2.resize(small, (image_bgr.shape[1], height), interpolation=cv2.INTER_LINEAR)
-    mixed = image_bgr.astype(np.float32) + weight * (blurred.astype(np.float32) - image_bgr)
+    mixed = image_bgr.astype(np.float32) + weight * (backdrop - image_bgr)
     return (mixed + 0.5).astype(np.uint8)
 
 
-def frame_photo(photo_bgr: np.ndarray, landmarks: FaceLandmarks, width: int, height: int) -> Framed:
+def frame_photo(photo_bgr: np.ndarray, landmarks: FaceLandmarks, width: int, height: int,
+                fill: str = "blur") -> Framed:
     """The photo framed for a (width, height) call frame around its face (module docstring)."""
+    if fill not in FILLS:
+        raise ValueError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
     photo_h, photo_w = photo_bgr.shape[:2]
-    x0, y0, w, h = call_region(landmarks, (photo_w, photo_h), (width, height))
+    region_of = covered_region if fill == "zoom" else call_region
+    x0, y0, w, h = region_of(landmarks, (photo_w, photo_h), (width, height))
     region = (int(round(x0)), int(round(y0)), max(int(round(w)), 1), max(int(round(h)), 1))
     image = _resample(photo_bgr, region, (width, height))
     sx, sy = width / region[2], height / region[3]
@@ -154,17 +188,22 @@ def frame_photo(photo_bgr: np.ndarray, landmarks: FaceLandmarks, width: int, hei
     inside = np.zeros((height, width), np.uint8)
     corners = np.array([[0, 0], [photo_w, photo_h]], np.float32) - 0.5
     (ix0, iy0), (ix1, iy1) = np.round(corners @ matrix[:, :2].T + matrix[:, 2]).astype(int)
-    inside[max(iy0, 0):max(iy1, 0), max(ix0, 0):max(ix1, 0)] = 1
+    box = (min(max(ix0, 0), width), min(max(iy0, 0), height), min(max(ix1, 0), width), min(max(iy1, 0), height))
+    inside[box[1]:box[3], box[0]:box[2]] = 1
     filled = 1.0 - float(inside.mean())
     if filled > 0.0:
-        image = _blurred_fill(image, inside)
-    return Framed(image, landmarks.transformed(matrix, (width, height)), matrix, filled)
+        image = _over_backdrop(image, inside, _photo_backdrop(photo_bgr, (width, height)))
+        # The photo's own pixels end where the blend into the backdrop begins (FILL_EDGE inside).
+        inset = int(np.ceil(max(FILL_EDGE * height, 1.0)))
+        box = (box[0] + inset * (box[0] > 0), box[1] + inset * (box[1] > 0),
+               box[2] - inset * (box[2] < width), box[3] - inset * (box[3] < height))
+    return Framed(image, landmarks.transformed(matrix, (width, height)), matrix, filled, box)
 
 
 def crop_photo(photo_bgr: np.ndarray, landmarks: FaceLandmarks, size: int, margin: float) -> Framed:
     """`--framing crop`: the square face crop (FOMM's box rule), size x size."""
     image, matrix = crop_square(photo_bgr, square_face_box(landmarks, margin), size)
-    return Framed(image, landmarks.transformed(matrix, (size, size)), matrix, 0.0)
+    return Framed(image, landmarks.transformed(matrix, (size, size)), matrix, 0.0, (0, 0, size, size))
 
 
 def to_camera(frame_bgr: np.ndarray, width: int, height: int, pad: bool = False) -> np.ndarray:

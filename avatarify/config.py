@@ -26,6 +26,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SIZES = (256, 512)
 FRAMINGS = ("call", "crop")
+FILLS = ("blur", "zoom")
 DEFAULT_CROP_SIZE = 256
 
 
@@ -77,6 +78,9 @@ class Settings:
     framing: str = _knob("call", "what the call sees: call = the avatar photo at full resolution filling "
                                  "the camera frame around the face (only the face moves); crop = the "
                                  "square face crop of --size, padded to the camera size")
+    fill: str = _knob("blur", "with --framing call, where the photo is narrower than the frame: blur = "
+                              "the photo over a blurred, dimmed enlargement of itself; zoom = framed "
+                              "closer so the photo fills the frame (the face comes out bigger)")
     output: Path | None = _knob(None, "also record to this .mp4 file exactly what the virtual camera gets")
     virtual_cam: bool = _knob(True, "send the avatar to a virtual camera (v4l2loopback / OBS)")
     cam_width: int = _knob(1280, "camera frame width: what the virtual camera and --output get")
@@ -126,6 +130,7 @@ _FLAGS: dict[str, dict] = {
     "precision": {"choices": PRECISIONS},
     "size": {"type": int, "choices": SIZES},
     "framing": {"choices": FRAMINGS},
+    "fill": {"choices": FILLS},
     "server": {"metavar": "HOST:PORT"},
     "token_file": {"type": Path, "metavar": "FILE"},
     "transport": {"choices": TRANSPORTS},

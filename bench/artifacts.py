@@ -257,6 +257,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pairs", default=None, help="only these driver:photo pairs, comma-separated")
     parser.add_argument("--baseline", type=Path, default=BASELINE, help="artifacts.json of the code before the fixes")
     parser.add_argument("--no-baseline", action="store_true", help="report no ratios (to measure a new baseline)")
+    parser.add_argument("--keep-videos", action="store_true", help="keep each pair's output video in --out")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -281,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if wanted is not None and (driver.stem, name) not in wanted:
                     continue
                 started = time.perf_counter()
-                video, stats = run_pair(driver, photo, Path(scratch), args.max_frames)
+                work = args.out if args.keep_videos else Path(scratch)
+                video, stats = run_pair(driver, photo, work, args.max_frames)
                 score, kept, scorer = score_video(video, driver.stem, name)
                 score.fps = float(stats.get("fps", 0.0))
                 summary = score.summary()

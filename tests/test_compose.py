@@ -149,3 +149,26 @@ def test_colour_is_matched_across_the_seam(framed_hopper):
     picture = framed_hopper.image_bgr[paste.roi].astype(np.float32)
     offset = np.abs((out[paste.roi] - picture)[seam].mean(axis=0))
     assert offset.max() < 12  # of the 40 levels, the colour match took most away at the seam
+
+
+def test_the_fill_beside_a_square_photo_is_not_stripes(detector, grace_hopper_bgr):
+    """A square photo in a 16:9 frame: the side panels are a blurred, dimmed enlargement of the photo
+    (as call apps show a portrait), not its edge columns stretched outward, which read as vertical
+    stripes: there, colours change along the columns and never across them."""
+    _, framed = _framed(detector, grace_hopper_bgr[40:420, 60:440])  # a tight square portrait
+    x0, y0, x1, y1 = framed.photo_box
+    assert x0 > 100 and x1 < CAMERA[0] - 100  # fill on both sides
+    grey = cv2.cvtColor(framed.image_bgr, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    panel = grey[:, : x0 - 20]
+    across, along = np.abs(np.diff(panel, axis=1)).mean(), np.abs(np.diff(panel, axis=0)).mean()
+    assert along < 3.0 * across, (along, across)
+    # Dimmer than the photo, so the photo stays what the eye goes to.
+    assert panel.mean() < 0.8 * grey[y0:y1, x0:x1].mean()
+
+
+def test_zoom_fill_reframes_a_square_photo_to_fill_the_frame(detector, astronaut_bgr):
+    face = detector.detect(astronaut_bgr)
+    framed = frame_photo(astronaut_bgr, face, *CAMERA, fill="zoom")
+    assert framed.filled_share == 0.0 and framed.photo_box == (0, 0, *CAMERA)
+    x0, y0, x1, y1 = _face_box(framed.landmarks)
+    assert 0 <= x0 and x1 <= CAMERA[0] and 0 <= y0 and y1 <= CAMERA[1]  # the whole face in the frame

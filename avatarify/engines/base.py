@@ -32,6 +32,10 @@ class Animator(ABC):
     # Capture time of the driving frame that the last `animate` picture shows; None means the frame
     # just given. Set by engines that run a frame ahead (engines/pipelined.py), for the latency stats.
     shown_timestamp: float | None = None
+    # (x0, y0, x1, y1) of the avatar picture that holds the photo's own pixels; beyond it the call
+    # framing filled the picture (a narrow photo in a wide frame). Set before `set_avatar`; engines
+    # never sample the fill into the moving face. None: the whole picture is the photo.
+    photo_box: tuple[int, int, int, int] | None = None
 
     def __init__(self) -> None:
         self.strength = 1.0

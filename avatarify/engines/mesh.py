@@ -59,9 +59,12 @@ from avatarify.motion import (CHIN, EYES, FACE_OVAL, FOREHEAD, INNER_LIPS, LASH_
 log = logging.getLogger(__name__)
 
 # The head's motion fades out over this share of the face size outside the ring (to a still ring,
-# and the ROI box around it). The fade must be longer than the ring moves, or the warp folds: a
-# 15 degree roll moves the ring's sides ~0.2 face sizes, 0.3 leaves room up to ~20 degrees.
-ROI_MARGIN = 0.3
+# and the ROI box around it), along FADE_RINGS rings whose share of the motion falls as a smoothstep:
+# the displacement has no kink at the head's outline nor at the still ring, so hair, cloth and a
+# collar bend smoothly between the head's motion and the body's instead of tearing. The fade must
+# be longer than the ring moves, or the warp folds (each band may take at most its own width).
+ROI_MARGIN = 0.5
+FADE_RINGS = 4
 RING_SQUEEZE = 0.4  # the skin between face outline and ring may shrink to this share of its width
 # A moved triangle whose doubled signed area (px²) falls below this, or flips sign, shows its back:
 # it is not drawn (the far cheek of a turned head, a lid closed over the eye).
@@ -72,17 +75,11 @@ WARP_SPACING = 0.05  # face widths between the warp mesh's points away from the 
 # 0.4 px at any resolution (a 256 crop gets a 2 px step, a 720p call frame 3, 1080p 4).
 FACE_SIZE_PER_STEP = 90.0
 MIN_AVATAR_SIDE = 32
-# The head layer: hair within HAIR_REACH face sizes beyond the head outline moves with it as one
-# piece (the outline grows over it, plus HAIR_MARGIN of the reach); below the chin the head fades
-# into the still neck and torso between NECK_FADE[0] and NECK_FADE[1] face heights; the person
-# mask's edge is feathered by HAIR_FEATHER face sizes (Gaussian sigma).
+# Hair within HAIR_REACH face sizes beyond the head outline moves with the head as one piece (the
+# outline grows over it, plus HAIR_MARGIN of the reach), above NECK_START face heights below the chin.
 HAIR_REACH = 0.35
 HAIR_MARGIN = 0.3
-NECK_FADE = (0.03, 0.25)
-HAIR_FEATHER = 0.006
-HAIR_EDGE = 0.015  # the head layer fades out over this share of the face size inside the outline
-NECK_JAW = (58, 288)  # the jaw at mouth level, image left and right: the neck hangs below them
-PLATE_SIDE = 128  # the room behind the head is inpainted at about this resolution (it is smooth)
+NECK_START = 0.03
 CAVITY_START = 0.02  # mouth-open ratio above the avatar's own at which the cavity starts to show
 CAVITY_FULL = 0.08  # ... and at which it is fully shown
 # The driver's mouth interior is used inside their inner lips eroded by this share of their lip gap
@@ -209,24 +206,6 @@ def warp_points(mesh: np.ndarray) -> np.ndarray:
     return np.array(sorted(kept))
 
 
-def _rows_filled(image_bgr: np.ndarray, unknown: np.ndarray, fallback_bgr: np.ndarray) -> np.ndarray:
-    """`image_bgr` with its `unknown` pixels filled row by row, linearly between the nearest known
-    pixels left and right (constant beyond the last one): rooms are mostly horizontal bands (a wall
-    over a shelf, a desk edge), which radial inpainting smears into a blotch of the band beside the
-    head. Rows with nothing known take `fallback_bgr`; a light blur across rows evens the seams."""
-    filled = fallback_bgr.astype(np.float32)
-    columns = np.arange(image_bgr.shape[1])
-    for row in np.flatnonzero(unknown.any(axis=1)):
-        known = ~unknown[row]
-        if not known.any():
-            continue
-        for channel in range(3):
-            filled[row, ~known, channel] = np.interp(columns[~known], columns[known], image_bgr[row, known, channel])
-    smooth = cv2.GaussianBlur(filled, (0, 0), 1.0)
-    filled[unknown] = smooth[unknown]
-    return np.clip(filled + 0.5, 0, 255).astype(np.uint8)
-
-
 def _union(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     """The box (x0, y0, x1, y1) around two boxes (a may be None)."""
     if a is None:
@@ -266,6 +245,7 @@ class MeshAnimator(Animator):
         self._image_size = (0, 0)  # (width, height) of the avatar picture
         self._avatar_bgr: np.ndarray | None = None
         self._last_output: np.ndarray | None = None
+        self._bounds = (0, 0, 0, 0)  # the photo's own pixels in the picture (see _photo_bounds)
         self._last_relative: np.ndarray | None = None  # the last frame's relative map (see last_map)
         self.last_map_origin: np.ndarray | None = None  # avatar px (x, y) of last_map's first pixel
         self.last_target: MotionTarget | None = None
@@ -289,7 +269,6 @@ class MeshAnimator(Animator):
         self.motion.set_avatar(points, depth)
         person = _person_mask(avatar_bgr)
         self._build_mesh(points, depth, person)
-        self._build_layers(avatar_bgr, points, person)
         self._build_mouth(avatar_bgr, points)
         self._last_output = None
         self._last_relative = None
@@ -301,7 +280,20 @@ class MeshAnimator(Animator):
             raise AnimatorError(f"The avatar picture is {avatar_bgr.shape[1]}x{avatar_bgr.shape[0]} px; "
                                 f"it must be at least {MIN_AVATAR_SIDE} px on each side.")
         self._image_size = (avatar_bgr.shape[1], avatar_bgr.shape[0])
+        self._bounds = self._photo_bounds(self._image_size)
         return np.ascontiguousarray(avatar_bgr, dtype=np.uint8)
+
+    def _photo_bounds(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1): the picture's pixels that are the photo's own (`photo_box`, the whole
+        picture by default). The warp never samples beyond them: the fill beside a narrow photo
+        is blurred and would show as a smear or a row of stray pixels inside the moving head."""
+        width, height = size
+        if self.photo_box is None:
+            return 0, 0, width, height
+        x0, y0, x1, y1 = (int(v) for v in self.photo_box)
+        x0, y0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
+        x1, y1 = max(min(x1, width), x0 + 1), max(min(y1, height), y0 + 1)
+        return x0, y0, x1, y1
 
     def _build_mesh(self, points: np.ndarray, depth: np.ndarray | None, person: np.ndarray | None) -> None:
         mesh = points[:NUM_MESH_POINTS].astype(np.float64)
@@ -309,7 +301,7 @@ class MeshAnimator(Animator):
         self._face_size = face_size
         ring = head_outline(mesh)
         if person is not None:
-            ring = self._ring_over_hair(ring, person > 0.5, self._neck_depth(points, person.shape) < NECK_FADE[0],
+            ring = self._ring_over_hair(ring, person > 0.5, self._neck_depth(points, person.shape) < NECK_START,
                                         HAIR_REACH * face_size)
         self.step = max(2, int(round(face_size / FACE_SIZE_PER_STEP)))
         self._grid = self._roi_grid(ring, face_size)
@@ -318,11 +310,16 @@ class MeshAnimator(Animator):
         self._ring_box = (grid.x0 + inset, grid.y0 + inset,
                           grid.x0 + grid.width - 1 - inset, grid.y0 + grid.height - 1 - inset)
         self._ring_src = np.clip(ring, self._ring_box[:2], self._ring_box[2:]).astype(np.float32)
+        self._ring_on_edge = self._on_photo_edge(ring, grid)
         self._ring_gap = np.linalg.norm(self._ring_src - mesh[list(FACE_OVAL)], axis=1).astype(np.float32)
         self._ring_limits = self._ring_target_limits(grid)
         margin_px = ROI_MARGIN * face_size
-        border = np.concatenate([self._border_points(grid), self._still_ring(ring, margin_px, grid)])
-        self._edge_nearest, self._edge_share = self._edge_shares(border, margin_px)
+        fade, fade_nearest, fade_share = self._fade_rings(ring, margin_px, grid)
+        border = self._border_points(grid)
+        edge_nearest, edge_share = self._edge_shares(border, margin_px)
+        border = np.concatenate([fade, border])
+        self._edge_nearest = np.concatenate([fade_nearest, edge_nearest])
+        self._edge_share = np.concatenate([fade_share, edge_share])
         # Face points outside the ROI (a face cut by the crop edge) are pulled in, so the border
         # stays the mesh's convex hull.
         # The iris centres are vertices too (gaze moves them); they come last of the face points.
@@ -355,7 +352,6 @@ class MeshAnimator(Animator):
         gy, gx = np.mgrid[grid.y0:grid.y0 + grid.height, grid.x0:grid.x0 + grid.width].astype(np.float32)
         self._full_grid = np.ascontiguousarray(np.stack([gx, gy], axis=-1))
         self.last_triangles: np.ndarray | None = None  # per grid sample: drawn triangle, -1 = at rest
-        self.room_samples: np.ndarray | None = None  # per grid sample: only moved room covers it
 
     @staticmethod
     def _neck_depth(points: np.ndarray, shape: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -446,108 +442,53 @@ class MeshAnimator(Animator):
         position = frame[0] + complex(along, lower + gaze.share * (upper - lower)) * frame[1]
         return np.array([position.real, position.imag])
 
-    def _build_layers(self, avatar_bgr: np.ndarray, points: np.ndarray, person: np.ndarray | None) -> None:
-        """The head as a layer over the room: its matte (the person above the neck, feathered, fading
-        into the still neck below the chin; the face itself always in) as the alpha of a BGRA copy
-        of the avatar, and the room plate (the avatar with the head painted out, inpainted from the
-        room around it). A moving head then uncovers room, not a stretched copy of its own hair,
-        and the room beside it never bends."""
-        grid = self._grid
-        rows, cols = grid.slices
-        self._plate_bgr = None
-        if person is None:
-            return
-        neck = self._neck_depth(points, person.shape)
-        hard = (person > 0.5).astype(np.float32)
-        face = _polygon_mask(points[list(FACE_OVAL)], (0, 0), person.shape)
-        hard = np.maximum(hard, face)
-        sigma = max(HAIR_FEATHER * self._face_size, 0.5)
-        soft = cv2.GaussianBlur(hard, (0, 0), sigma) * self._head_region(points, person.shape)
-        alpha = soft * (1.0 - _smoothstep((neck - NECK_FADE[0]) / (NECK_FADE[1] - NECK_FADE[0])))
-        self._alpha_f32 = alpha.astype(np.float32)
-        head = ((soft[rows, cols] > 0.02) & (neck[rows, cols] < NECK_FADE[0])).astype(np.uint8)
-        grow = max(int(round(2.0 * sigma)), 1)
-        head = cv2.dilate(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-        self._plate_bgr = avatar_bgr.copy()
-        self._plate_bgr[rows, cols] = self._inpainted(np.ascontiguousarray(avatar_bgr[rows, cols]), head)
-        # Triangles of the room layer over no part of the matte only move room, which the plate
-        # hides: they need not be drawn while the head is layered over the room.
-        corners = self._vertices_src[self._tri]
-        lo = np.clip(np.floor(corners.min(axis=1)).astype(int), 0, None)
-        hi = np.ceil(corners.max(axis=1)).astype(int) + 1
-        over_matte = np.array([alpha[y0:y1, x0:x1].max(initial=0.0) > 0.0 for (x0, y0), (x1, y1) in zip(lo, hi)])
-        self._tri_layered = (self._tri_layer > 0) | over_matte
-        # Grid cells where the plate differs from the avatar (it shows there once the head leaves).
-        cells = cv2.resize(head.astype(np.float32), (grid.shape[1], grid.shape[0]), interpolation=cv2.INTER_AREA)
-        self._plate_cells = cells > 0.0
-
-    def _head_region(self, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """float32 [0, 1] over the picture: what can belong to the head layer — inside the head
-        outline (grown over the hair) and the neck below the jaw, feathered inward. The shoulders
-        beside the neck and stray strands beyond the outline stay with the room."""
-        mesh = points[:NUM_MESH_POINTS].astype(np.float64)
-        down = mesh[CHIN] - mesh[FOREHEAD]
-        jaw = mesh[list(NECK_JAW)]
-        middle, half = jaw.mean(axis=0), 0.5 * (jaw[1] - jaw[0])
-        # The neck is narrower than the jaw at mouth level; the collar beside it stays with the room.
-        neck = np.array([middle - 0.8 * half, middle + 0.8 * half,
-                         middle + 0.65 * half + NECK_FADE[1] * down, middle - 0.65 * half + NECK_FADE[1] * down])
-        region = np.zeros(shape, np.uint8)
-        for polygon in (self._ring_src, neck):
-            cv2.fillPoly(region, [np.round(polygon * 16).astype(np.int32)], 1, cv2.LINE_AA, shift=4)
-        # Soft inward: nothing beyond the outline moves with the head (the band outside it is
-        # stretched by the fade, and hair there would be smeared into streaks).
-        # A head the picture's edge cuts keeps going beyond it: the edge does not count as outline
-        # (the outline keeps an inset from the edge; the rows and columns beside it continue it).
-        edge = 2
-        region[:edge], region[-edge:] = region[edge], region[-edge - 1]
-        region[:, :edge], region[:, -edge:] = region[:, edge:edge + 1], region[:, -edge - 1:-edge]
-        feather = max(HAIR_EDGE * self._face_size, 1.0)
-        pad = int(feather) + 2
-        region = cv2.copyMakeBorder(region, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        shrunk = cv2.erode(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(feather) + 1,) * 2))
-        soft = cv2.GaussianBlur(shrunk.astype(np.float32), (0, 0), feather / 2.0, borderType=cv2.BORDER_REPLICATE)
-        return np.ascontiguousarray(soft[pad:-pad, pad:-pad])
-
-    @staticmethod
-    def _inpainted(image_bgr: np.ndarray, hole: np.ndarray) -> np.ndarray:
-        """`image_bgr` with `hole` (uint8 0/1) filled from around it (see `_rows_filled`), at about
-        PLATE_SIDE px (the room behind a head is out of focus and smooth; full resolution would cost
-        seconds)."""
-        if not hole.any():
-            return image_bgr.copy()
-        height, width = hole.shape
-        scale = min(1.0, PLATE_SIDE / max(height, width))
-        small_size = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
-        small = cv2.resize(image_bgr, small_size, interpolation=cv2.INTER_AREA)
-        small_hole = (cv2.resize(hole.astype(np.float32), small_size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
-        filled = _rows_filled(small, small_hole > 0, cv2.inpaint(small, small_hole * 255, 3.0, cv2.INPAINT_TELEA))
-        filled = cv2.resize(filled, (width, height), interpolation=cv2.INTER_LINEAR)
-        plate = image_bgr.copy()
-        plate[hole > 0] = filled[hole > 0]
-        return plate
+    def _on_photo_edge(self, ring: np.ndarray, grid: _Grid) -> np.ndarray:
+        """(R, 2) bool: ring points that lie on the photo's own edge (a head the photo cuts), per
+        axis. They stay on that edge as the head moves and slide along it, as the ROI border does
+        there: pulled off it, the strip between them and the edge smears the edge's row of pixels
+        down into the hair, and rotated, they zig-zag against the border points."""
+        bx0, by0, bx1, by1 = self._bounds
+        low = np.array([grid.x0 == bx0, grid.y0 == by0]) & (ring <= np.array(self._ring_box[:2]))
+        high = (np.array([grid.x0 + grid.width == bx1, grid.y0 + grid.height == by1])
+                & (ring >= np.array(self._ring_box[2:])))
+        return low | high
 
     def _ring_target_limits(self, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
         """Bounds for moved ring points: inside the ROI where its border is fixed (so no triangle
         folds over it), free where the ROI ends at the image's own edge (that edge slides)."""
         lo = np.array(self._ring_box[:2], np.float32)
         hi = np.array(self._ring_box[2:], np.float32)
-        lo[[grid.x0 == 0, grid.y0 == 0]] = -np.inf
-        width, height = self._image_size
-        hi[[grid.x0 + grid.width == width, grid.y0 + grid.height == height]] = np.inf
+        bx0, by0, bx1, by1 = self._bounds
+        lo[[grid.x0 == bx0, grid.y0 == by0]] = -np.inf
+        hi[[grid.x0 + grid.width == bx1, grid.y0 + grid.height == by1]] = np.inf
         return lo, hi
 
-    @staticmethod
-    def _still_ring(ring: np.ndarray, margin_px: float, grid: _Grid) -> np.ndarray:
-        """Fixed points `margin_px` outside the ring, along the rays from its centre: the head's
-        motion fades out over the same distance all around it (not out to the ROI's corners),
-        so the room close beside the head is already still. Points off the ROI are dropped (the
-        image edge slides there instead), as are points that would crowd the ROI border."""
-        out = ring - ring.mean(axis=0)
-        still = ring + margin_px * out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+    def _fade_rings(self, ring: np.ndarray, margin_px: float,
+                    grid: _Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Points on FADE_RINGS rings outside the head's ring, along the rays from its centre, the
+        last one `margin_px` out: (points, the ring point each follows, its (x, y) share of that
+        point's motion). The share falls from 1 to 0 as a smoothstep over the distance, so the
+        motion fades out smoothly all around the head (not out to the ROI's corners) and the room
+        a margin away is still. Points off the photo are dropped (its edge slides there instead),
+        as are points that would crowd the ROI border."""
+        centre = ring.mean(axis=0)
+        radius = np.linalg.norm(ring - centre, axis=1)
+        rays = (ring - centre) / np.maximum(radius[:, None], 1e-6)
+        # Measured from the ring's envelope (the largest radius among neighbouring rays): where
+        # the ring juts out over hair, the rays beside it must not place their fade points inside
+        # it, or shares 1 and less interleave and the hair zig-zags.
+        envelope = np.array([np.take(radius, range(i - 3, i + 4), mode="wrap").max() for i in range(len(ring))])
         lo = np.array([grid.x0, grid.y0]) + 2.0
         hi = np.array([grid.x0 + grid.width, grid.y0 + grid.height]) - 3.0
-        return still[((still >= lo) & (still <= hi)).all(axis=1)].astype(np.float32)
+        points, nearest, shares = [], [], []
+        for t in np.arange(1, FADE_RINGS + 1) / FADE_RINGS:
+            at = centre + (envelope[:, None] + t * margin_px) * rays
+            keep = ((at >= lo) & (at <= hi)).all(axis=1)
+            points.append(at[keep])
+            nearest.append(np.flatnonzero(keep))
+            shares.append(np.full((int(keep.sum()), 2), 1.0 - float(_smoothstep(np.array(t)))))
+        return (np.concatenate(points).astype(np.float32), np.concatenate(nearest),
+                np.concatenate(shares).astype(np.float32))
 
     def _edge_shares(self, border: np.ndarray, reach_px: float) -> tuple[np.ndarray, np.ndarray]:
         """Per border point: the nearest ring point and the share of its motion the point takes,
@@ -556,24 +497,25 @@ class MeshAnimator(Animator):
         cut by the crop), the edge slides along itself with the head as the ring's motion fades
         over `reach_px`, as it does inside the ROI; pinning it would tear hair or a hat that the
         crop cuts. It never leaves its edge, so the mesh keeps covering the picture."""
-        limit = np.array(self._image_size, np.float32) - 1.0
-        off = (border < 0.0) | (border > limit)  # (N, 2): beyond the left/right, top/bottom edge
+        bx0, by0, bx1, by1 = self._bounds
+        off = (border < (bx0, by0)) | (border > (bx1 - 1.0, by1 - 1.0))  # beyond left/right, top/bottom
         distance = np.linalg.norm(border[:, None, :] - self._ring_src[None, :, :], axis=2)
         nearest = distance.argmin(axis=1)
-        fade = np.clip(1.0 - distance.min(axis=1) / max(reach_px, 1.0), 0.0, 1.0)
+        fade = 1.0 - _smoothstep(distance.min(axis=1) / max(reach_px, 1.0))
         # On a top or bottom edge the point slides across (x), on a left or right edge up and down
         # (y); a corner point stays.
         slides = np.stack([off[:, 1] & ~off[:, 0], off[:, 0] & ~off[:, 1]], axis=1)
         return nearest, (fade[:, None] * slides).astype(np.float32)
 
     def _roi_grid(self, ring: np.ndarray, face_size: float) -> _Grid:
-        """The warped region: the ring plus a margin, clipped to the image, sides multiples of step."""
+        """The warped region: the ring plus a margin, clipped to the photo's own pixels (`_bounds`),
+        sides multiples of step."""
         step = self.step
-        image_w, image_h = self._image_size
-        x0, y0, x1, y1 = _box_around(ring, ROI_MARGIN * face_size, (0, 0, image_w, image_h))
-        x0, y0 = (x0 // step) * step, (y0 // step) * step
-        width = min(-(-(x1 - x0) // step) * step, image_w - x0)
-        height = min(-(-(y1 - y0) // step) * step, image_h - y0)
+        bx0, by0, bx1, by1 = self._bounds
+        x0, y0, x1, y1 = _box_around(ring, ROI_MARGIN * face_size, self._bounds)
+        x0, y0 = bx0 + ((x0 - bx0) // step) * step, by0 + ((y0 - by0) // step) * step
+        width = min(-(-(x1 - x0) // step) * step, bx1 - x0)
+        height = min(-(-(y1 - y0) // step) * step, by1 - y0)
         return _Grid(x0, y0, width - width % step, height - height % step, step)
 
     @staticmethod
@@ -630,11 +572,9 @@ class MeshAnimator(Animator):
         """The avatar with its landmarks moved to `target.points` (avatar px); `driving` (optional)
         lends its mouth interior where the mouth opens wider than the avatar's."""
         offsets = self._grid_offsets(target)
-        layered = offsets is not None and self._plate_bgr is not None and not target.pose.is_identity
         if offsets is None:
             offsets = np.zeros_like(self._grid_points)
-        alpha = self._moved_matte(offsets) if layered else None
-        box = self._changed_box(offsets, target, alpha)
+        box = self._changed_box(offsets, target)
         self.last_box = box
         if box is None:  # nothing moved: the avatar's own pixels
             self._last_relative = None
@@ -642,11 +582,12 @@ class MeshAnimator(Animator):
         relative = self._upsampled(offsets, box, relative=True)
         self._last_relative = relative
         self.last_map_origin = self._box_origin(box)
-        # Reflected, not repeated: where a cut-off head moves into the frame, hair continues.
-        warped = cv2.remap(self._avatar_bgr, relative, None, cv2.INTER_LINEAR | cv2.WARP_RELATIVE_MAP,
-                           borderMode=cv2.BORDER_REFLECT_101)
-        if alpha is not None:
-            warped = self._over_room(warped, alpha, box)
+        # Sampled from the photo's own pixels only (the relative map is taken from its corner): a
+        # source beyond its edge repeats the edge (the edge slides with the head, so that is at
+        # most a sample or two), never the fill beside it nor a mirrored copy of the hair.
+        bx0, by0, bx1, by1 = self._bounds
+        warped = cv2.remap(self._avatar_bgr[by0:by1, bx0:bx1], relative, None,
+                           cv2.INTER_LINEAR | cv2.WARP_RELATIVE_MAP, borderMode=cv2.BORDER_REPLICATE)
         origin = self._box_origin(box)
         self._paint_mouth(warped, origin, target.points, driving)
         output = self._avatar_bgr.copy()
@@ -662,30 +603,14 @@ class MeshAnimator(Animator):
         x0, y0 = (int(v) for v in self._box_origin(box))
         return slice(y0, y0 + (box[3] - box[1]) * self.step), slice(x0, x0 + (box[2] - box[0]) * self.step)
 
-    def _moved_matte(self, offsets: np.ndarray) -> np.ndarray:
-        """The head's matte where the map carries it: float32 [0, 1] per grid sample. Beyond the
-        picture's edge it is 0: what a head moving in from a cut edge uncovers is room."""
-        alpha = cv2.remap(self._alpha_f32, cv2.add(offsets, self._grid_points), None, cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-        if self.room_samples is not None:
-            alpha[self.room_samples] = 0.0
-        return alpha
-
-    def _changed_box(self, offsets: np.ndarray, target: MotionTarget,
-                     alpha: np.ndarray | None) -> tuple[int, int, int, int] | None:
+    def _changed_box(self, offsets: np.ndarray, target: MotionTarget) -> tuple[int, int, int, int] | None:
         """The box of grid samples (c0, r0, c1, r1) whose pixels can differ from the avatar: where
-        the map moves; with the head layered over the room (`alpha`: its moved matte), only where
-        the matte or the room plate shows (beyond, the room is the avatar's own pixels whatever
-        the map does there); plus where the mouth interior is painted. None: nothing changes."""
-        if alpha is not None:
-            parts = [alpha > 0.0, self._plate_cells]
-        else:
-            parts = [(np.abs(offsets) > 1e-3).any(axis=2)]
+        the map moves, plus where the mouth interior is painted. None: nothing changes."""
+        moving = (np.abs(offsets) > 1e-3).any(axis=2)
         box = None
-        for part in parts:
-            rows, cols = np.nonzero(part.any(axis=1))[0], np.nonzero(part.any(axis=0))[0]
-            if rows.size:
-                box = _union(box, (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1))
+        rows, cols = np.nonzero(moving.any(axis=1))[0], np.nonzero(moving.any(axis=0))[0]
+        if rows.size:
+            box = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
         if self._mouth_strength(target.points) > 0.0:
             box = _union(box, self._mouth_box(target))
         if box is None:
@@ -711,8 +636,8 @@ class MeshAnimator(Animator):
         c0, r0, c1, r1 = box
         step = self.step
         offset = np.ascontiguousarray(offsets[r0:r1, c0:c1])
-        if relative:  # the box's own origin is a constant: added on the grid, before upsampling
-            x0, y0 = (float(v) for v in self._box_origin(box))
+        if relative:  # the box's origin (from the photo's corner) is a constant: added on the grid
+            x0, y0 = (float(v) for v in self._box_origin(box) - self._bounds[:2])
             offset = cv2.add(offset, (x0, y0, 0.0, 0.0))  # numpy's broadcast add is ~15x slower here
         # Upsample the offset, not the positions: it is 0 at the fixed border, so the half-sample
         # the upsampling clamps at the box's edge costs nothing there.
@@ -720,15 +645,6 @@ class MeshAnimator(Animator):
         if relative:
             return offset
         return cv2.add(offset, self._full_grid[r0 * step:r1 * step, c0 * step:c1 * step], dst=offset)
-
-    def _over_room(self, warped: np.ndarray, alpha: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        """The warped head over the still room plate: plate + alpha·(head − plate), the moved matte
-        upsampled from the grid like the map (so its edge is soft over one grid step)."""
-        c0, r0, c1, r1 = box
-        height, width = warped.shape[:2]
-        matte = cv2.resize(alpha[r0:r1, c0:c1], (width, height), interpolation=cv2.INTER_LINEAR)
-        plate = self._plate_bgr[self._box_slices(box)]
-        return cv2.blendLinear(warped, plate, matte, cv2.subtract(1.0, matte))
 
     def landing_error(self, target: MotionTarget) -> np.ndarray:
         """Per face landmark, how far (px) the backward map for `target` misses: where the output
@@ -766,7 +682,7 @@ class MeshAnimator(Animator):
         between cannot take up), border points nowhere (or sliding with the head on the image's
         own edge)."""
         ring = as_points(target.head(as_complex(self._ring_src + self._ring_expression(target))))
-        ring = np.clip(ring, *self._ring_limits)
+        ring = np.where(self._ring_on_edge, self._ring_src, np.clip(ring, *self._ring_limits))
         vertices = self._vertices_src.copy()
         faces = len(self._warp_points)
         vertices[:faces - len(EYES)] = target.points[self._warp_points[:-len(EYES)]]
@@ -781,15 +697,16 @@ class MeshAnimator(Animator):
         return vertices, depth
 
     def _ring_expression(self, target: MotionTarget) -> np.ndarray:
-        """The ring's share of the face outline's expression (a dropping jaw, mostly): the skin
-        between outline and ring is squeezed to RING_SQUEEZE of its width before the ring gives
-        way, so the collar stays still while talking and a wide-open jaw still cannot fold it."""
-        if target.expression is None:
-            return np.zeros_like(self._ring_src)
-        outline = target.expression[list(FACE_OVAL)]
+        """The ring's share of what the face outline does beyond the head's similarity (a dropping
+        jaw, and the outline's sides on a turn: the near cheek swings out, the far one in): the
+        skin between outline and ring is squeezed to RING_SQUEEZE of its width before the ring
+        gives way, so the collar stays still while talking, and neither a wide-open jaw nor a
+        turned cheek pushes the outline past the ring (the band would fold into a saw-tooth edge)."""
+        outline = (as_points(target.head.inverse()(as_complex(target.points[list(FACE_OVAL)])))
+                   - self._avatar_points[list(FACE_OVAL)])
         length = np.linalg.norm(outline, axis=1, keepdims=True)
         slack = (1.0 - RING_SQUEEZE) * self._ring_gap[:, None]
-        return outline * (np.maximum(length - slack, 0.0) / np.maximum(length, 1e-6))
+        return (outline * (np.maximum(length - slack, 0.0) / np.maximum(length, 1e-6))).astype(np.float32)
 
     def backward_map(self, target: MotionTarget) -> np.ndarray | None:
         """(h, w, 2) float32 source position (avatar px) of every ROI pixel of the output, or None
@@ -815,16 +732,9 @@ class MeshAnimator(Animator):
         vertices, depth = self._vertex_targets(target)
         moved = (vertices != self._vertices_src).any(axis=1)
         drawn = moved[self._tri].any(axis=1)
-        self.room_samples = None
         if not drawn.any():
             self.last_triangles = None
             return None
-        room = None
-        if self._plate_bgr is not None and not target.pose.is_identity:
-            # Moved triangles of the room layer over no part of the matte only move room, which
-            # the plate hides: one call marks them all as room instead of drawing each.
-            room = drawn & ~self._tri_layered
-            drawn &= self._tri_layered
         tri = self._tri[drawn]
         corners = vertices[tri].astype(np.float64)
         areas = self._signed_areas(corners)
@@ -832,15 +742,13 @@ class MeshAnimator(Animator):
         tri, corners, layer = tri[facing], corners[facing], self._tri_layer[drawn][facing]
         order = np.lexsort((-depth[tri].mean(axis=1), layer))  # by layer, then far (large z) first
         tri, corners = tri[order], corners[order]
-        room_corners = None if room is None or not room.any() else vertices[self._tri[room]]
-        ids = self._rasterized(corners, grid, room_corners)
+        ids = self._rasterized(corners, grid)
         self.last_triangles = np.where(ids < len(tri), ids, -1)
-        self.room_samples = ids > len(tri)
         # Per triangle the affine map less the identity; one more row (all 0) for samples no moved
         # triangle covers, which the rasterizer leaves at that index.
         affine = self._target_to_source(corners, self._vertices_src[tri].astype(np.float64)).reshape(-1, 6)
         affine[:, [0, 4]] -= 1.0
-        coefficients = np.zeros((len(tri) + 2, 6), np.float32)
+        coefficients = np.zeros((len(tri) + 1, 6), np.float32)
         coefficients[:len(tri)] = affine
         c = np.take(coefficients, ids.ravel(), axis=0)  # ~3x faster than fancy indexing here
         x, y = self._grid_x, self._grid_y
@@ -850,18 +758,16 @@ class MeshAnimator(Animator):
         return offsets.reshape(*grid.shape, 2)
 
     @staticmethod
-    def _rasterized(corners: np.ndarray, grid: _Grid, room: np.ndarray | None = None) -> np.ndarray:
+    def _rasterized(corners: np.ndarray, grid: _Grid) -> np.ndarray:
         """(rows, cols) int32 grid of the index of the last triangle drawn over each sample (the
-        triangle count where none is, one more where only `room` triangles are), triangles drawn
-        in the given order over the room ones, with 1/16 sample precision."""
+        triangle count where none is), triangles drawn in the given order, with 1/16 sample
+        precision."""
         shift = 4
 
         def on_grid(points: np.ndarray) -> np.ndarray:
             return np.round(grid.to_index(points) * (1 << shift)).astype(np.int32)
 
         ids = np.full(grid.shape, len(corners), np.int32)
-        if room is not None:
-            cv2.fillPoly(ids, list(on_grid(room)), len(corners) + 1, cv2.LINE_8, shift)
         fill = cv2.fillConvexPoly
         for index, triangle in enumerate(on_grid(corners)):
             fill(ids, triangle, index, cv2.LINE_8, shift)
