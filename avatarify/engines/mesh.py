@@ -65,6 +65,11 @@ log = logging.getLogger(__name__)
 # be longer than the ring moves, or the warp folds (each band may take at most its own width).
 ROI_MARGIN = 0.5
 FADE_RINGS = 4
+# Where the person mask shows no person (the room beside the head), the motion fades out over this
+# shorter reach: the wall and the shelf beside a head bend less; the mask is blurred by
+# ROOM_MASK_BLUR face sizes first, so the share changes smoothly from hair to room (no fold).
+ROOM_FADE = 0.25
+ROOM_MASK_BLUR = 0.08
 RING_SQUEEZE = 0.4  # the skin between face outline and ring may shrink to this share of its width
 # A moved triangle whose doubled signed area (px²) falls below this, or flips sign, shows its back:
 # it is not drawn (the far cheek of a turned head, a lid closed over the eye).
@@ -314,7 +319,7 @@ class MeshAnimator(Animator):
         self._ring_gap = np.linalg.norm(self._ring_src - mesh[list(FACE_OVAL)], axis=1).astype(np.float32)
         self._ring_limits = self._ring_target_limits(grid)
         margin_px = ROI_MARGIN * face_size
-        fade, fade_nearest, fade_share = self._fade_rings(ring, margin_px, grid)
+        fade, fade_nearest, fade_share = self._fade_rings(ring, margin_px, grid, person)
         border = self._border_points(grid)
         edge_nearest, edge_share = self._edge_shares(border, margin_px)
         border = np.concatenate([fade, border])
@@ -463,8 +468,8 @@ class MeshAnimator(Animator):
         hi[[grid.x0 + grid.width == bx1, grid.y0 + grid.height == by1]] = np.inf
         return lo, hi
 
-    def _fade_rings(self, ring: np.ndarray, margin_px: float,
-                    grid: _Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _fade_rings(self, ring: np.ndarray, margin_px: float, grid: _Grid,
+                    person: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Points on FADE_RINGS rings outside the head's ring, along the rays from its centre, the
         last one `margin_px` out: (points, the ring point each follows, its (x, y) share of that
         point's motion). The share falls from 1 to 0 as a smoothstep over the distance, so the
@@ -480,13 +485,23 @@ class MeshAnimator(Animator):
         envelope = np.array([np.take(radius, range(i - 3, i + 4), mode="wrap").max() for i in range(len(ring))])
         lo = np.array([grid.x0, grid.y0]) + 2.0
         hi = np.array([grid.x0 + grid.width, grid.y0 + grid.height]) - 3.0
+        body = None
+        if person is not None:  # how much of a person (hair, cloth) lies around each point, 0..1
+            body = cv2.GaussianBlur(person, (0, 0), max(ROOM_MASK_BLUR * self._face_size, 1.0))
         points, nearest, shares = [], [], []
         for t in np.arange(1, FADE_RINGS + 1) / FADE_RINGS:
             at = centre + (envelope[:, None] + t * margin_px) * rays
             keep = ((at >= lo) & (at <= hi)).all(axis=1)
-            points.append(at[keep])
+            at = at[keep]
+            reach = np.ones(len(at))
+            if body is not None:
+                xy = np.clip(np.round(at).astype(int), 0, np.array(body.shape[::-1]) - 1)
+                room = ROOM_FADE / ROI_MARGIN
+                reach = room + (1.0 - room) * np.clip(body[xy[:, 1], xy[:, 0]], 0.0, 1.0)
+            share = 1.0 - _smoothstep(t / reach)
+            points.append(at)
             nearest.append(np.flatnonzero(keep))
-            shares.append(np.full((int(keep.sum()), 2), 1.0 - float(_smoothstep(np.array(t)))))
+            shares.append(np.repeat(share[:, None], 2, axis=1))
         return (np.concatenate(points).astype(np.float32), np.concatenate(nearest),
                 np.concatenate(shares).astype(np.float32))
 
