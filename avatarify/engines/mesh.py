@@ -68,7 +68,7 @@ FADE_RINGS = 4
 # Where the person mask shows no person (the room beside the head), the motion fades out over this
 # shorter reach: the wall and the shelf beside a head bend less; the mask is blurred by
 # ROOM_MASK_BLUR face sizes first, so the share changes smoothly from hair to room (no fold).
-ROOM_FADE = 0.25
+ROOM_FADE = 0.12
 ROOM_MASK_BLUR = 0.08
 RING_SQUEEZE = 0.4  # the skin between face outline and ring may shrink to this share of its width
 # A moved triangle whose doubled signed area (px²) falls below this, or flips sign, shows its back:
@@ -233,6 +233,17 @@ def _person_mask(image_bgr: np.ndarray) -> np.ndarray | None:
     return None if mask is None else np.asarray(mask, dtype=np.float32)
 
 
+def _fade_reach(points: np.ndarray, body: np.ndarray | None) -> np.ndarray:
+    """Per point, the share of ROI_MARGIN over which the head's motion fades out there: all of it
+    over a person (hair, cloth, neck bend along), ROOM_FADE of it over the room (`body`: the
+    blurred person mask, 0..1; None: all person)."""
+    if body is None:
+        return np.ones(len(points))
+    xy = np.clip(np.round(points).astype(int), 0, np.array(body.shape[::-1]) - 1)
+    room = ROOM_FADE / ROI_MARGIN
+    return room + (1.0 - room) * np.clip(body[xy[:, 1], xy[:, 0]], 0.0, 1.0)
+
+
 def _smoothstep(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3.0 - 2.0 * x)
@@ -319,9 +330,12 @@ class MeshAnimator(Animator):
         self._ring_gap = np.linalg.norm(self._ring_src - mesh[list(FACE_OVAL)], axis=1).astype(np.float32)
         self._ring_limits = self._ring_target_limits(grid)
         margin_px = ROI_MARGIN * face_size
-        fade, fade_nearest, fade_share = self._fade_rings(ring, margin_px, grid, person)
+        body = None
+        if person is not None:  # how much of a person (hair, cloth) lies around each point, 0..1
+            body = cv2.GaussianBlur(person, (0, 0), max(ROOM_MASK_BLUR * face_size, 1.0))
+        fade, fade_nearest, fade_share = self._fade_rings(ring, margin_px, grid, body)
         border = self._border_points(grid)
-        edge_nearest, edge_share = self._edge_shares(border, margin_px)
+        edge_nearest, edge_share = self._edge_shares(border, margin_px, body)
         border = np.concatenate([fade, border])
         self._edge_nearest = np.concatenate([fade_nearest, edge_nearest])
         self._edge_share = np.concatenate([fade_share, edge_share])
@@ -352,6 +366,7 @@ class MeshAnimator(Animator):
         if depth is not None:
             self._vertex_depth[:faces] = depth[self._warp_points]
         self._grid_points = grid.points()  # float32 (rows, cols, 2)
+
         self._grid_x = np.ascontiguousarray(self._grid_points[..., 0]).ravel()
         self._grid_y = np.ascontiguousarray(self._grid_points[..., 1]).ravel()
         gy, gx = np.mgrid[grid.y0:grid.y0 + grid.height, grid.x0:grid.x0 + grid.width].astype(np.float32)
@@ -469,7 +484,7 @@ class MeshAnimator(Animator):
         return lo, hi
 
     def _fade_rings(self, ring: np.ndarray, margin_px: float, grid: _Grid,
-                    person: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    body: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Points on FADE_RINGS rings outside the head's ring, along the rays from its centre, the
         last one `margin_px` out: (points, the ring point each follows, its (x, y) share of that
         point's motion). The share falls from 1 to 0 as a smoothstep over the distance, so the
@@ -485,27 +500,20 @@ class MeshAnimator(Animator):
         envelope = np.array([np.take(radius, range(i - 3, i + 4), mode="wrap").max() for i in range(len(ring))])
         lo = np.array([grid.x0, grid.y0]) + 2.0
         hi = np.array([grid.x0 + grid.width, grid.y0 + grid.height]) - 3.0
-        body = None
-        if person is not None:  # how much of a person (hair, cloth) lies around each point, 0..1
-            body = cv2.GaussianBlur(person, (0, 0), max(ROOM_MASK_BLUR * self._face_size, 1.0))
         points, nearest, shares = [], [], []
         for t in np.arange(1, FADE_RINGS + 1) / FADE_RINGS:
             at = centre + (envelope[:, None] + t * margin_px) * rays
             keep = ((at >= lo) & (at <= hi)).all(axis=1)
             at = at[keep]
-            reach = np.ones(len(at))
-            if body is not None:
-                xy = np.clip(np.round(at).astype(int), 0, np.array(body.shape[::-1]) - 1)
-                room = ROOM_FADE / ROI_MARGIN
-                reach = room + (1.0 - room) * np.clip(body[xy[:, 1], xy[:, 0]], 0.0, 1.0)
-            share = 1.0 - _smoothstep(t / reach)
+            share = 1.0 - _smoothstep(t / _fade_reach(at, body))
             points.append(at)
             nearest.append(np.flatnonzero(keep))
             shares.append(np.repeat(share[:, None], 2, axis=1))
         return (np.concatenate(points).astype(np.float32), np.concatenate(nearest),
                 np.concatenate(shares).astype(np.float32))
 
-    def _edge_shares(self, border: np.ndarray, reach_px: float) -> tuple[np.ndarray, np.ndarray]:
+    def _edge_shares(self, border: np.ndarray, reach_px: float,
+                     body: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per border point: the nearest ring point and the share of its motion the point takes,
         along the border only ((N, 2): x share, y share). The ROI border inside the image stays put
         (share 0): the background does not move. Where the ROI ends at the image's own edge (a head
@@ -516,7 +524,7 @@ class MeshAnimator(Animator):
         off = (border < (bx0, by0)) | (border > (bx1 - 1.0, by1 - 1.0))  # beyond left/right, top/bottom
         distance = np.linalg.norm(border[:, None, :] - self._ring_src[None, :, :], axis=2)
         nearest = distance.argmin(axis=1)
-        fade = 1.0 - _smoothstep(distance.min(axis=1) / max(reach_px, 1.0))
+        fade = 1.0 - _smoothstep(distance.min(axis=1) / (max(reach_px, 1.0) * _fade_reach(border, body)))
         # On a top or bottom edge the point slides across (x), on a left or right edge up and down
         # (y); a corner point stays.
         slides = np.stack([off[:, 1] & ~off[:, 0], off[:, 0] & ~off[:, 1]], axis=1)
@@ -684,7 +692,8 @@ class MeshAnimator(Animator):
             return None
         height, width = self._last_relative.shape[:2]
         ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-        return self._last_relative + np.stack([xs, ys], axis=-1)
+        corner = np.asarray(self._bounds[:2], np.float32)  # the relative map is from the photo's corner
+        return self._last_relative + np.stack([xs, ys], axis=-1) + corner
 
     @property
     def roi(self) -> tuple[slice, slice]:
