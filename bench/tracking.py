@@ -25,10 +25,10 @@ against face width, one panel per frame size, one line per condition):
                    4.8 s, astronaut driving grace_hopper; scenes.clip_in_room) per frame size and face
                    width down to the finder's 48 px: Pearson r of the output's mouth-open ratio (static
                    Face Mesh on the output) against the clip's truth, from the first frame the face is
-                   found on (goal >= 0.9 everywhere); "before" is the same run with the first face
-                   found kept as the neutral (neutral_settle_s = 0), as the app did until issue 19.
-                   Written to DIR/mouth.json and DIR/mouth.png (r against face width) and
-                   DIR/mouth_frames.png (1920x1080, 110 px: the driver's face, the output before, after)
+                   found on (goal >= 0.9 everywhere); "kept" is the same run with the first face
+                   found kept as the neutral (neutral_settle_s = 0), the calibration the app had until
+                   issue 19. Written to DIR/mouth.json and DIR/mouth.png (r against face width) and
+                   DIR/mouth_frames.png (1920x1080, 110 px: the driver's face, the output kept, after)
 
     python bench/tracking.py --out bench_out/tracking [--small] [--scenes N]
     python bench/tracking.py --out bench_out/tracking_ms --timing-only   # detect ms alone (quick)
@@ -306,7 +306,7 @@ def mouth_case(run: dict, truth_open: np.ndarray) -> dict:
 
 
 def mouth_follow(out: Path, widths: tuple[int, ...]) -> dict:
-    """{size: {width: {"after": case, "before": case}}} for the talking driver (see the docstring), and
+    """{size: {width: {"after": case, "kept": case}}} for the talking driver (see the docstring), and
     the frames of mouth_frames.png."""
     avatar_path = out / f"avatar_{MOUTH_AVATAR}.png"
     write_png(avatar_path, load_photo_bgr(MOUTH_AVATAR))
@@ -320,7 +320,7 @@ def mouth_follow(out: Path, widths: tuple[int, ...]) -> dict:
                 show = (width, face_width) == (1920, 110)
                 keep = tuple(range(0, 60, 5)) if show else ()
                 cases = {}
-                for label, settle_s in (("after", None), ("before", 0.0)):
+                for label, settle_s in (("after", None), ("kept", 0.0)):
                     run = drive_app(avatar_path, frames, settle_s, measure, keep)
                     cases[label] = mouth_case(run, truth_open)
                     if show:
@@ -329,8 +329,8 @@ def mouth_follow(out: Path, widths: tuple[int, ...]) -> dict:
                     sheet["driver"] = {i: frames[i] for i in keep}
                     sheet["face"], sheet["truth"] = placed, truth_open
                 result[key][face_width] = cases
-                log.info("%s %3d px: mouth r %.3f (before %.3f), found at frame %d, neutral on %s", key,
-                         face_width, cases["after"]["r"], cases["before"]["r"], cases["after"]["found_frame"],
+                log.info("%s %3d px: mouth r %.3f (neutral kept %.3f), found at frame %d, neutral on %s", key,
+                         face_width, cases["after"]["r"], cases["kept"]["r"], cases["after"]["found_frame"],
                          cases["after"]["neutral_frames"])
     return {"cases": result, "sheet": sheet}
 
@@ -345,7 +345,7 @@ def draw_mouth(cases: dict, path: Path) -> None:
     for axis, (size, by_width) in zip(np.atleast_1d(axes), cases.items()):
         widths = sorted(by_width)
         for label, style in (("after", {"marker": "o"}),
-                             ("before", {"marker": "x", "linestyle": "--", "color": "grey"})):
+                             ("kept", {"marker": "x", "linestyle": "--", "color": "grey"})):
             axis.plot(widths, [by_width[w][label]["r"] for w in widths], label=label, **style)
         axis.plot(widths, [by_width[w]["after"]["r_after_neutral"] for w in widths], linestyle=":", marker=".",
                   label="after, from the neutral's last move")
@@ -355,7 +355,7 @@ def draw_mouth(cases: dict, path: Path) -> None:
         axis.set_ylim(-0.2, 1.02)
     np.atleast_1d(axes)[0].set_ylabel("mouth r, output vs truth")
     np.atleast_1d(axes)[-1].legend(fontsize=8, loc="lower right")
-    figure.suptitle("Mouth followed, whole app, talking driver (red: goal 0.9; before: first face kept as neutral)")
+    figure.suptitle("Mouth followed, whole app, talking driver (red: goal 0.9; kept: the first face stays neutral)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -363,13 +363,13 @@ def draw_mouth(cases: dict, path: Path) -> None:
 
 
 def mouth_sheet(sheet: dict, tile: int = 150) -> np.ndarray:
-    """Rows: the driver's face (from the camera frame), the output's face before, after; columns:
+    """Rows: the driver's face (from the camera frame), the output's face kept, after; columns:
     every fifth frame of the first 2 s, labelled with the frame and the truth's mouth opening."""
     x0, y0, x1, y1 = sheet["face"].box
     side = 2.2 * (x1 - x0)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     rows = []
-    for label in ("driver", "before", "after"):
+    for label in ("driver", "kept", "after"):
         row = []
         for index, picture in sorted(sheet[label].items()):
             if label == "driver":
@@ -417,12 +417,12 @@ def run_mouth(out: Path, widths: tuple[int, ...]) -> dict:
                             "from the first frame the face is found on",
                        "r_after_neutral": "the same from the frame the neutral was last set on",
                        "r_finder": "the finder's own landmarks' ratio vs the truth, same frames",
-                       "before": "neutral_settle_s = 0: the first face found stays the neutral"},
+                       "kept": "neutral_settle_s = 0: the first face found stays the neutral"},
               "cases": cases, "goals": judge_mouth(cases),
               "bench_seconds": round(time.perf_counter() - started, 1)}
     write_json(out / "mouth.json", report)
     draw_mouth(cases, out / "mouth.png")
-    if {"driver", "before", "after"} <= measured["sheet"].keys():
+    if {"driver", "kept", "after"} <= measured["sheet"].keys():
         write_png(out / "mouth_frames.png", mouth_sheet(measured["sheet"]))
     return report
 
