@@ -200,6 +200,7 @@ class LiveApp:
         self.avatar_index = -1
         self.neutral: DrivingFrame | None = None
         self._settle_until: float | None = None  # media time up to which an automatic neutral may still move
+        self._switched_face = False  # the lock moved to another face; its neutral is still to be taken
         self.match_score: float | None = None  # this frame's find-best distance to the avatar's pose
         self.best_score = math.inf
         self.faces_seen = 0
@@ -289,6 +290,7 @@ class LiveApp:
         if self.finder.switched:
             self.tracker.crop.reset()  # the box would glide across the frame to the other face
             self.controls.calibrate = True  # another person: their own neutral pose
+            self._switched_face = True
         if asked:
             self.controls.message = self.finder.message
             log.info("%s", self.finder.message)
@@ -324,7 +326,8 @@ class LiveApp:
         self._find_best_was_on = self.controls.find_best
         if self.neutral is None or self.controls.calibrate:
             # `c` is the user's own choice of neutral; the first face and a next-face switch are not.
-            automatic = self.neutral is None or self.finder.switched
+            automatic = self.neutral is None or self._switched_face
+            self._switched_face = False
             self._set_neutral(driving)
             self._settle_until = driving.timestamp + self.settings.neutral_settle_s if automatic else None
             self.controls.calibrate = False

@@ -243,6 +243,20 @@ def test_first_face_is_the_neutral_and_c_recalibrates(app, clip):
     assert len(app.animator.neutrals) == 2 and not app.controls.calibrate
 
 
+def test_a_first_neutral_with_the_mouth_open_moves_to_the_closed_mouth_but_c_stays(app):
+    from avatarify.motion import mouth_open_ratio
+    from bench.clips import make_clip
+
+    frames, truth = make_clip("astronaut", "mouth", frames=36, size=256)  # open at 9 and 27, shut at 18
+    drive(app, frames[6:19])  # the face first seen mid-word
+    first, settled = app.animator.neutrals[0], app.animator.neutrals[-1]
+    assert mouth_open_ratio(first.landmarks.points) > 0.35
+    assert mouth_open_ratio(settled.landmarks.points) < mouth_open_ratio(first.landmarks.points) - 0.15
+    handle_key(ord("c"), app.controls)  # the user's own neutral, taken with the mouth open
+    drive(app, frames[27:36], start=1.0)
+    assert app.animator.neutrals[-1].timestamp == 1.0  # kept while the mouth closes
+
+
 def test_find_best_frame_keeps_the_best_matching_neutral(app, clip):
     frames = clip[1]
     drive(app, frames[:1])
