@@ -1,8 +1,9 @@
 """The live app: the one place that knows the order of the stages and wires them together.
 
 Per frame: capture → face finder (detect, lock, landmarks on a crop, track) → smoothed square driving
-crop → calibration (neutral pose, find-best-frame) → engine (the avatar picture animated at the
-camera's size) → sinks (virtual camera, video file: the same frame) → preview with HUD → hotkeys.
+crop → calibration (neutral pose: the first face, moved to a more closed mouth in its first seconds;
+hotkey c; find-best-frame) → engine (the avatar picture animated at the camera's size) → sinks
+(virtual camera, video file: the same frame) → preview with HUD → hotkeys.
 Time-based stages run on the frame's media time (the file's own clock for a video file, the capture
 clock for a webcam); latency is measured from the capture timestamp.
 Input: `Settings` (from the command line). Output: frames on the sinks and, with --stats, the
@@ -38,6 +39,7 @@ from avatarify.engines.base import Animator, AnimatorError
 from avatarify.hotkeys import Controls, handle_key
 from avatarify.hud import HudInfo, compose_preview, hud_lines
 from avatarify.finder import FaceFinder
+from avatarify.motion import mouth_open_ratio
 from avatarify.sinks import PreviewWindow, Sink, SinkError, VideoFileSink, VirtualCameraSink
 from avatarify.stats import Stats
 from avatarify.tracking import DrivingTracker, crop_matrix, pose_distance, square_face_box
@@ -197,6 +199,8 @@ class LiveApp:
                                       settings.box_beta, settings.min_face_visible, settings.face_lost_ease_s)
         self.avatar_index = -1
         self.neutral: DrivingFrame | None = None
+        self._settle_until: float | None = None  # media time up to which an automatic neutral may still move
+        self._switched_face = False  # the lock moved to another face; its neutral is still to be taken
         self.match_score: float | None = None  # this frame's find-best distance to the avatar's pose
         self.best_score = math.inf
         self.faces_seen = 0
@@ -286,6 +290,7 @@ class LiveApp:
         if self.finder.switched:
             self.tracker.crop.reset()  # the box would glide across the frame to the other face
             self.controls.calibrate = True  # another person: their own neutral pose
+            self._switched_face = True
         if asked:
             self.controls.message = self.finder.message
             log.info("%s", self.finder.message)
@@ -320,15 +325,34 @@ class LiveApp:
             self.best_score = math.inf  # a new search starts from this frame
         self._find_best_was_on = self.controls.find_best
         if self.neutral is None or self.controls.calibrate:
+            # `c` is the user's own choice of neutral; the first face and a next-face switch are not.
+            automatic = self.neutral is None or self._switched_face
+            self._switched_face = False
             self._set_neutral(driving)
+            self._settle_until = driving.timestamp + self.settings.neutral_settle_s if automatic else None
             self.controls.calibrate = False
             self.best_score = math.inf
             return
+        if self._settle_until is not None:
+            self._settle_neutral(driving)
         if self.controls.find_best:
             self.match_score = pose_distance(driving.landmarks, self.avatar.landmarks)
             if self.match_score < self.best_score:
                 self.best_score = self.match_score
                 self._set_neutral(driving)
+
+    def _settle_neutral(self, driving: DrivingFrame) -> None:
+        """While an automatic neutral is young, a frame whose mouth is more closed replaces it, if it
+        matches the avatar's pose no worse (a head turned meanwhile must not become the rest pose)."""
+        if driving.timestamp > self._settle_until:
+            self._settle_until = None
+            return
+        closing = mouth_open_ratio(self.neutral.landmarks.points) - mouth_open_ratio(driving.landmarks.points)
+        if closing < self.settings.neutral_mouth_margin:
+            return
+        if pose_distance(driving.landmarks, self.avatar.landmarks) <= pose_distance(self.neutral.landmarks,
+                                                                                     self.avatar.landmarks):
+            self._set_neutral(driving)
 
     def _set_neutral(self, driving: DrivingFrame) -> None:
         self.neutral = driving

@@ -112,6 +112,14 @@ class Settings:
                                        "largest face in view is taken instead")
     min_face_visible: float = _knob(0.6, "share of the face that must be inside the frame to track it")
     face_lost_ease_s: float = _knob(1.0, "seconds to ease back to the neutral pose when the face is lost")
+    # The first face found becomes the neutral, but a search pass takes up to 6 frames (a far face in
+    # a 1080p frame), so that frame may catch the user mid-word: a neutral with the mouth open makes
+    # every closing read as the lips pressing through each other (the avatar's mouth barely moves).
+    neutral_settle_s: float = _knob(2.0, "seconds after a face is first found (or switched to) in which the "
+                                         "automatic neutral moves to any frame with a more closed mouth")
+    neutral_mouth_margin: float = _knob(0.05, "how much more closed (mouth-open ratio: inner-lip gap over mouth "
+                                              "width, ~0.5 wide open) a frame's mouth must be to become the "
+                                              "neutral in that time; well above a still mouth's wobble")
     zoom_step: float = _knob(1.1, "crop zoom factor per w/s key press")
     move_step: float = _knob(0.04, "crop move per h/j/k/u key press, as a share of the crop side")
     strength_step: float = _knob(0.1, "motion strength change per +/- key press")

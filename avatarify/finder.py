@@ -18,7 +18,9 @@ Why not Face Mesh on the whole frame: its own (short-range) detector loses faces
      right (wrapping round). Nothing else ever moves the lock to another face.
   3. Landmarks: Face Mesh (tracking mode) on a crop around the face (the face about half of it; a
      small face upscaled to a CROP_SIZE square, a large one cut out of the frame at its own
-     resolution), mapped back to frame pixels.
+     resolution), mapped back to frame pixels. At a lock, the landmarks found on the detector's crop
+     only place the tracking crop; Face Mesh finds the face afresh in that one, as it keeps its tracked
+     region in the coordinates of the picture it saw last.
   4. Track: the next crop comes from these landmarks. It moves only when the face has moved or grown by
      a few percent, so a still head gives Face Mesh the same pixels (no jitter added by resampling).
      The track is dropped (back to 2, near the person) when Face Mesh finds no face in the crop, when
@@ -225,10 +227,11 @@ class FaceFinder:
             return wanted
         return current
 
-    def _landmarks_in(self, frame_bgr: np.ndarray, box: np.ndarray) -> tuple[FaceLandmarks, float] | None:
+    def _landmarks_in(self, frame_bgr: np.ndarray, box: np.ndarray,
+                      settle: bool = True) -> tuple[FaceLandmarks, float] | None:
         """Face Mesh on the crop of `box`: (landmarks in frame pixels, share of the mesh inside the crop)."""
         crop, matrix = landmark_crop(frame_bgr, box)
-        found = self.mesh.detect(crop)
+        found = self.mesh.detect(crop, settle)
         if found is None:
             return None
         height, width = frame_bgr.shape[:2]
@@ -240,7 +243,7 @@ class FaceFinder:
         """Lock onto a detected face: its landmarks, or None when Face Mesh finds no face there."""
         self.mesh.forget()  # its tracked region belongs to the previous crop
         box = np.array([*face.centre, face.side * (1.0 + 2.0 * LOCK_MARGIN)])
-        found = self._landmarks_in(frame_bgr, box)
+        found = self._landmarks_in(frame_bgr, box, settle=False)  # they only place the tracking crop
         if found is None:
             return None
         landmarks, _ = found
@@ -249,11 +252,30 @@ class FaceFinder:
         if not (face.x0 - grow <= cx <= face.x1 + grow and face.y0 - grow <= cy <= face.y1 + grow):
             self.mesh.forget()
             return None  # the mesh found another face in the crop, not this one
-        self._person, self._tracking, self._lost_since = landmarks, True, None
         self._crop_box = square_face_box(landmarks, CROP_MARGIN)
+        landmarks = self._settle_in_crop(frame_bgr, landmarks)
+        self._person, self._tracking, self._lost_since = landmarks, True, None
         self._pass_faces = []
         log.debug("face locked at %.0f,%.0f (%.0f px)", cx, cy, _landmark_side(landmarks))
         return landmarks
+
+    def _settle_in_crop(self, frame_bgr: np.ndarray, landmarks: FaceLandmarks) -> FaceLandmarks:
+        """The lock's landmarks found again in the tracking crop, so Face Mesh's tracked region belongs
+        to the picture the next frame brings. It keeps that region in the coordinates of the picture it
+        saw last; carried from the lock's crop (another side and place) into the tracking crop it is
+        misplaced, and as each frame's region comes from the last landmarks the mesh stays shrunk for
+        many frames: a 160 px face at 1920x1080 read its wide-open mouth as 0.44 for 0.56."""
+        self.mesh.forget()
+        found = self._landmarks_in(frame_bgr, self._crop_box)
+        if found is None:
+            return landmarks  # Face Mesh detects afresh in the crop on the next frame
+        again, _ = found
+        x0, y0, x1, y1 = landmarks.box
+        cx, cy = _landmark_centre(again)
+        if not (x0 <= cx <= x1 and y0 <= cy <= y1):
+            self.mesh.forget()  # another face in the crop: start afresh next frame, on the person
+            return landmarks
+        return again
 
     # --- search -------------------------------------------------------------------------------------
 

@@ -97,13 +97,14 @@ class FaceMeshDetector:
         )
         self._tracking = False  # tracking mode: a face was found on the previous frame
 
-    def detect_all(self, frame_bgr: np.ndarray) -> list[FaceLandmarks]:
-        """Every face found (up to `max_faces`), largest first."""
+    def detect_all(self, frame_bgr: np.ndarray, settle: bool = True) -> list[FaceLandmarks]:
+        """Every face found (up to `max_faces`), largest first. `settle=False` skips the extra passes
+        on a newly found face (for landmarks that only place a crop and are then found again)."""
         height, width = frame_bgr.shape[:2]
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         rgb.flags.writeable = False  # lets MediaPipe avoid a copy
         result = self._mesh.process(rgb)
-        if not self.static and not self._tracking and result.multi_face_landmarks:
+        if settle and not self.static and not self._tracking and result.multi_face_landmarks:
             for _ in range(self.SETTLE_PASSES):
                 result = self._mesh.process(rgb)
         self._tracking = not self.static and bool(result.multi_face_landmarks)
@@ -117,9 +118,9 @@ class FaceMeshDetector:
         _largest_first(faces)
         return faces
 
-    def detect(self, frame_bgr: np.ndarray) -> FaceLandmarks | None:
+    def detect(self, frame_bgr: np.ndarray, settle: bool = True) -> FaceLandmarks | None:
         """The largest face, or None."""
-        faces = self.detect_all(frame_bgr)
+        faces = self.detect_all(frame_bgr, settle)
         return faces[0] if faces else None
 
     def forget(self) -> None:

@@ -10,7 +10,8 @@ How a frame is made:
     seeded, drawn in relative coordinates so every frame size shows the same room;
   - a person (`place_face`): the photo scaled so its face (the Face Mesh landmark box of the photo,
     ear to ear) is `face_width` px wide, cut out as head and shoulders under a feathered mask and laid
-    over the room at the asked face centre;
+    over the room at the asked face centre; a synthesized clip's frames go in the same way
+    (`clip_in_room`: a person talking, blinking, moving with the clip's known truth);
   - a condition (`apply_condition`): `dark` (gamma 2.5 on the whole frame), `noise` (Gaussian sensor
     noise, sigma 20 levels), `backlight` (a bright window behind the person: the room is pushed towards
     white, the person darkened), `dark_noise` (both: a dim room and a noisy sensor), `clean` (none).
@@ -100,14 +101,13 @@ def _rect(image: np.ndarray, x0: float, y0: float, x1: float, y1: float, colour)
     image[int(y0 * height):int(y1 * height), int(x0 * width):int(x1 * width)] = np.float32(colour)
 
 
-@lru_cache(maxsize=None)
-def _person(photo: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
-    """The photo, the person's feathered mask (float32 0..1) and the face's landmark box in the photo."""
-    image = load_photo_bgr(photo)
-    x0, y0, x1, y1 = photo_landmarks(photo).box
+def cutout_mask(shape: tuple[int, ...], box: tuple[float, float, float, float]) -> np.ndarray:
+    """float32 0..1, feathered: the person around the face box (x0, y0, x1, y1) of a picture of
+    `shape`: head, hair, neck and the tops of the shoulders (CUTOUT_* in face widths)."""
+    x0, y0, x1, y1 = box
     face_w = x1 - x0
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    height, width = image.shape[:2]
+    height, width = shape[:2]
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     # Head: an ellipse around the face; shoulders: a wider, flatter one below it.
     head = ((xs - cx) / (0.85 * face_w)) ** 2 + ((ys - cy + 0.15 * face_w) / (1.05 * face_w)) ** 2
@@ -115,14 +115,31 @@ def _person(photo: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, flo
         1.2 * face_w)) ** 2
     inside = ((head <= 1.0) | (shoulders <= 1.0)) & (ys <= cy + CUTOUT_BELOW * face_w) & (
         ys >= cy - CUTOUT_ABOVE * face_w)
-    mask = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), FEATHER * face_w / 2.0)
-    return image, mask, (x0, y0, x1, y1)
+    return cv2.GaussianBlur(inside.astype(np.float32), (0, 0), FEATHER * face_w / 2.0)
+
+
+@lru_cache(maxsize=None)
+def _person(photo: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
+    """The photo, the person's feathered mask (float32 0..1) and the face's landmark box in the photo."""
+    image = load_photo_bgr(photo)
+    box = photo_landmarks(photo).box
+    return image, cutout_mask(image.shape, box), box
 
 
 def place_face(frame_bgr: np.ndarray, photo: str, face_width: float, centre_xy) -> PlacedFace:
     """Lay the person of `photo` into `frame_bgr` (in place) with a face `face_width` px wide whose box
     centre lands on `centre_xy`; returns the face's true box in frame px."""
-    image, mask, (x0, y0, x1, y1) = _person(photo)
+    image, mask, box = _person(photo)
+    return PlacedFace(photo, place_person(frame_bgr, image, mask, box, face_width, centre_xy))
+
+
+def place_person(frame_bgr: np.ndarray, image_bgr: np.ndarray, mask: np.ndarray,
+                 box: tuple[float, float, float, float], face_width: float,
+                 centre_xy) -> tuple[float, float, float, float]:
+    """Lay the person of a picture (`image_bgr` under `mask`, its face box `box`) into `frame_bgr` (in
+    place), scaled so the face is `face_width` px wide with its box centre on `centre_xy`; returns the
+    face's box in frame px. A frame of a synthesized clip goes in as a photo does."""
+    x0, y0, x1, y1 = box
     scale = face_width / (x1 - x0)
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     tx, ty = centre_xy[0] - scale * cx, centre_xy[1] - scale * cy
@@ -138,12 +155,11 @@ def place_face(frame_bgr: np.ndarray, photo: str, face_width: float, centre_xy) 
         local[:, 2] -= [px0, py0]
         size = (px1 - px0, py1 - py0)
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        person = cv2.warpAffine(image, local, size, flags=interpolation, borderMode=cv2.BORDER_REPLICATE)
+        person = cv2.warpAffine(image_bgr, local, size, flags=interpolation, borderMode=cv2.BORDER_REPLICATE)
         alpha = cv2.warpAffine(mask, local, size, flags=cv2.INTER_LINEAR, borderValue=0.0)[..., None]
         region = frame_bgr[py0:py1, px0:px1].astype(np.float32)
         frame_bgr[py0:py1, px0:px1] = np.clip(region + alpha * (person - region) + 0.5, 0, 255).astype(np.uint8)
-    box = (scale * x0 + tx, scale * y0 + ty, scale * x1 + tx, scale * y1 + ty)
-    return PlacedFace(photo, tuple(float(v) for v in box))
+    return tuple(float(v) for v in (scale * x0 + tx, scale * y0 + ty, scale * x1 + tx, scale * y1 + ty))
 
 
 def person_mask(frame_shape: tuple[int, ...], faces: list[PlacedFace]) -> np.ndarray:
@@ -187,6 +203,24 @@ def scene_frame(width: int, height: int, faces: list[tuple[str, float, tuple[flo
     return apply_condition(frame, condition, placed, np.random.default_rng(seed)), placed
 
 
+def clip_in_room(clip_bgr, truth: dict, width: int, height: int, face_width: float,
+                 centre_xy) -> tuple[list[np.ndarray], PlacedFace]:
+    """A synthesized clip (bench/clips.py `make_clip`) as a person sitting in the room: every frame laid
+    in like a photo, scaled so the neutral face is `face_width` px wide with its box centre on
+    `centre_xy` (clean light). Returns the (height, width) frames and the neutral face's box there; what
+    the clip's truth says about expressions holds unchanged (openness measures are ratios)."""
+    neutral = np.asarray(truth["neutral_landmarks"], dtype=np.float64)
+    box = (*neutral.min(axis=0), *neutral.max(axis=0))
+    mask = cutout_mask(clip_bgr[0].shape, box)
+    room = room_background(width, height)
+    frames = []
+    for picture in clip_bgr:
+        frame = room.copy()
+        placed = place_person(frame, picture, mask, box, face_width, centre_xy)
+        frames.append(frame)
+    return frames, PlacedFace(f"{truth['photo']}_{truth['script']}", placed)
+
+
 def random_face_centre(width: int, height: int, face_width: float, rng: np.random.Generator) -> tuple[float, float]:
     """Where a user's face plausibly is: anywhere across the frame, in its upper two thirds, whole."""
     margin_x = min(1.6 * face_width, width / 2 - 1)
@@ -194,5 +228,5 @@ def random_face_centre(width: int, height: int, face_width: float, rng: np.rando
     return float(rng.uniform(margin_x, width - margin_x)), float(rng.uniform(top, bottom))
 
 
-__all__ = ["CONDITIONS", "PHOTOS", "PlacedFace", "apply_condition", "place_face", "random_face_centre",
-           "room_background", "scene_frame"]
+__all__ = ["CONDITIONS", "PHOTOS", "PlacedFace", "apply_condition", "clip_in_room", "cutout_mask", "place_face",
+           "place_person", "random_face_centre", "room_background", "scene_frame"]

@@ -243,6 +243,20 @@ def test_first_face_is_the_neutral_and_c_recalibrates(app, clip):
     assert len(app.animator.neutrals) == 2 and not app.controls.calibrate
 
 
+def test_a_first_neutral_with_the_mouth_open_moves_to_the_closed_mouth_but_c_stays(app):
+    from avatarify.motion import mouth_open_ratio
+    from bench.clips import make_clip
+
+    frames, truth = make_clip("astronaut", "mouth", frames=36, size=256)  # open at 9 and 27, shut at 18
+    drive(app, frames[6:19])  # the face first seen mid-word
+    first, settled = app.animator.neutrals[0], app.animator.neutrals[-1]
+    assert mouth_open_ratio(first.landmarks.points) > 0.35
+    assert mouth_open_ratio(settled.landmarks.points) < mouth_open_ratio(first.landmarks.points) - 0.15
+    handle_key(ord("c"), app.controls)  # the user's own neutral, taken with the mouth open
+    drive(app, frames[27:36], start=1.0)
+    assert app.animator.neutrals[-1].timestamp == 1.0  # kept while the mouth closes
+
+
 def test_find_best_frame_keeps_the_best_matching_neutral(app, clip):
     frames = clip[1]
     drive(app, frames[:1])
@@ -381,3 +395,31 @@ def test_a_video_file_through_a_pipelined_engine_gives_every_frame_once_in_order
     values = [int(frame[0, 0, 0]) for frame in sink.frames]
     assert len(values) == CLIP_FRAMES and live.stats.frames == CLIP_FRAMES
     assert values == list(range(1, CLIP_FRAMES + 1))  # picture n shows frame n: none repeated, none lost
+
+
+# --- a far face in a big camera frame (issue 19) -------------------------------------------------------
+
+
+def test_a_far_face_in_a_1080p_frame_opens_the_avatars_mouth(tmp_path, grace_hopper_bgr):
+    """A 110 px face talking in a 1920x1080 room: the search pass takes 6 frames, so the face is found
+    with the mouth more than half open. Once the driver's mouth has closed, the avatar's must follow it
+    (a neutral kept with the mouth open read every closing as lips pressing through each other)."""
+    from avatarify.landmarks import FaceMeshDetector
+    from bench.clips import make_clip, truth_series
+    from bench.scenes import clip_in_room
+    from bench.tracking import drive_app, pearson
+
+    clip, truth = make_clip("astronaut", "mouth", frames=36, size=256)  # two opens, from frame 0
+    frames, face = clip_in_room(clip, truth, 1920, 1080, 110, (864, 454))
+    truth_open = np.tile(truth_series(truth, "mouth_open"), 2)
+    avatar = tmp_path / "hopper.png"
+    cv2.imwrite(str(avatar), grace_hopper_bgr)
+    with FaceMeshDetector(static=True) as measure:
+        run = drive_app(avatar, frames * 2, None, measure)
+    found = np.flatnonzero(np.isfinite(run["driver"]))
+    assert found[0] >= 3 and 0.9 * 110 < face.width < 1.1 * 110  # the case: found late, mid-opening
+    # The second pass of the clip: the driver's mouth closed at frame 18 and is known to the app.
+    shown, expected = run["output"][36:], truth_open[36:]
+    assert np.isfinite(shown).all()
+    assert pearson(shown, expected) >= 0.9
+    assert np.nanmax(shown) >= 0.4  # wide open, not a timid twitch (the driver's reads ~0.6)

@@ -146,3 +146,23 @@ def test_a_lost_person_is_replaced_by_the_largest_face_only_after_relock_after_s
     first = next(i for i, lm in enumerate(found) if lm is not None)
     assert first / FPS >= finder.relock_after_s - 1 / FPS
     assert np.linalg.norm(centre(found[-1].box) - small.centre) < 0.25 * small.width
+
+
+def test_a_face_locked_mid_word_reads_its_mouth_as_it_does_later(finder):
+    """Locked with the mouth half open (the 6th frame of a 1080p pass), the tracked mesh must read the
+    same pixels as it does a clip later: Face Mesh's tracked region must belong to the tracking crop,
+    not to the lock's (a region carried across kept the mesh shrunk: wide open read 0.44 for 0.56)."""
+    from avatarify.motion import mouth_open_ratio
+    from bench.clips import make_clip
+    from bench.scenes import clip_in_room
+
+    clip, truth = make_clip("astronaut", "mouth", frames=36, size=512)  # wide open at frames 9 and 27
+    frames, _ = clip_in_room(clip, truth, 1920, 1080, 160, (864, 454))
+    finder.reset()
+    ratios = {}
+    for index, frame in enumerate(frames[:28]):
+        landmarks = finder.find(frame, index / FPS)
+        ratios[index] = None if landmarks is None else mouth_open_ratio(landmarks.points)
+    assert ratios[4] is None and ratios[5] is not None  # the case: locked on the pass's last frame
+    assert ratios[27] > 0.5
+    assert abs(ratios[9] - ratios[27]) < 0.04

@@ -183,6 +183,7 @@ def test_tracker_wobble_on_a_still_face_gives_the_avatar_exactly():
         noisy = neutral + rng.uniform(-0.5, 0.5, neutral.shape).astype(np.float32) * 0.7 * t
         target = motion.target(noisy, i / 30.0)
         assert target.head == Similarity()
+        assert target.pose.is_identity  # exactly: the mesh engine keeps an unmoved head off its room plate
         np.testing.assert_array_equal(target.points, as_points(as_complex(avatar)))
     head_t = t * MotionSettings().head_deadband / MotionSettings().deadband
     bob = moved(neutral, about(128 + 128j, 0.0, 1.0, complex(0.0, 0.8 * head_t)))
