@@ -359,6 +359,8 @@ class MeshAnimator(Animator):
         self._tri = triangles
         self._tri_layer = np.where(outer, 0, np.where(face, 2, 1)).astype(np.int32)
         self._tri_sign = np.sign(self._signed_areas(self._vertices_src[triangles]))
+        on_outline = np.isin(triangles, np.flatnonzero(np.isin(self._warp_points, list(FACE_OVAL)))).any(axis=1)
+        self._tri_unculled = (self._tri_layer < 2) | on_outline
         # Depth of each vertex at rest: the face's own; the outline band sits in the plane of the
         # head's outline (the pivot's depth), the room far behind it.
         pivot_z = float(self.motion.avatar_pivot[2])
@@ -479,8 +481,9 @@ class MeshAnimator(Animator):
         lo = np.array(self._ring_box[:2], np.float32)
         hi = np.array(self._ring_box[2:], np.float32)
         bx0, by0, bx1, by1 = self._bounds
-        lo[[grid.x0 == bx0, grid.y0 == by0]] = -np.inf
-        hi[[grid.x0 + grid.width == bx1, grid.y0 + grid.height == by1]] = np.inf
+        width, height = self._image_size
+        lo[[grid.x0 == bx0 == 0, grid.y0 == by0 == 0]] = -np.inf
+        hi[[grid.x0 + grid.width == bx1 == width, grid.y0 + grid.height == by1 == height]] = np.inf
         return lo, hi
 
     def _fade_rings(self, ring: np.ndarray, margin_px: float, grid: _Grid,
@@ -522,6 +525,10 @@ class MeshAnimator(Animator):
         crop cuts. It never leaves its edge, so the mesh keeps covering the picture."""
         bx0, by0, bx1, by1 = self._bounds
         off = (border < (bx0, by0)) | (border > (bx1 - 1.0, by1 - 1.0))  # beyond left/right, top/bottom
+        # Only the picture's own edge slides: where the photo ends beside the fill, a sliding edge
+        # would shear the photo's last rows against the still fill beside them (a line).
+        width, height = self._image_size
+        off &= (border < 0.0) | (border > (width - 1.0, height - 1.0))
         distance = np.linalg.norm(border[:, None, :] - self._ring_src[None, :, :], axis=2)
         nearest = distance.argmin(axis=1)
         fade = 1.0 - _smoothstep(distance.min(axis=1) / (max(reach_px, 1.0) * _fade_reach(border, body)))
@@ -762,7 +769,11 @@ class MeshAnimator(Animator):
         tri = self._tri[drawn]
         corners = vertices[tri].astype(np.float64)
         areas = self._signed_areas(corners)
-        facing = areas * self._tri_sign[drawn] > FLIP_AREA_PX2
+        # Only the face inside its outline is a surface that turns away; a flipped triangle of the
+        # room, the band around the head or the face's outermost row is a squeeze past zero, and
+        # leaving it out opened a hole through which the band's own map showed: a seam down the
+        # turned cheek. Drawn, it is a sliver of the edge folded over itself.
+        facing = (areas * self._tri_sign[drawn] > FLIP_AREA_PX2) | self._tri_unculled[drawn]
         tri, corners, layer = tri[facing], corners[facing], self._tri_layer[drawn][facing]
         order = np.lexsort((-depth[tri].mean(axis=1), layer))  # by layer, then far (large z) first
         tri, corners = tri[order], corners[order]
