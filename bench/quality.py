@@ -39,9 +39,9 @@ Measures:
   feature_corr  per feature on the clip that moves it alone (per-eye winks, blink, brows, smile,
                 purse, mouth), Pearson r of driver vs output, both measured by static-mode Face
                 Mesh, cross-identity; the worst feature and pair counts. The instrument is Face Mesh
-                too, so its per-CPU kernels move the worst of these 14 correlations by about 0.01
-                (0.904 on an Intel Xeon, 0.893 on an AMD EPYC for the right wink): read a miss by
-                that much next to `cpu` in the JSON before reading it as the engine's
+                too, whose kernels differ per CPU, but the worst of these 14 correlations (right
+                wink) was 0.893 on both an Intel Xeon with AMX and an AMD EPYC with the same code
+                (0.904 with earlier code on an Intel Xeon model 207): it follows the engine
   head_angle_err_deg  yaw (yaw clip, +-25 deg) and pitch (pitch clip, +-15 deg) of the output vs the
                 driver, each measured from Face Mesh's 3-D rigid points relative to frame 0, cross-
                 identity, mean |difference| of the worst clip and pair
