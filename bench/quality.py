@@ -40,8 +40,8 @@ Measures:
                 purse, mouth), Pearson r of driver vs output, both measured by static-mode Face
                 Mesh, cross-identity; the worst feature and pair counts. The instrument is Face Mesh
                 too, whose kernels differ per CPU, but the worst of these 14 correlations (right
-                wink) was 0.893 on both an Intel Xeon with AMX and an AMD EPYC with the same code
-                (0.904 with earlier code on an Intel Xeon model 207): it follows the engine
+                wink) was 0.893 on both an Intel Xeon with AMX and an AMD EPYC with the same code,
+                and earlier code gave 0.903 and 0.904 on two Intel Xeons: it follows the engine
   head_angle_err_deg  yaw (yaw clip, +-25 deg) and pitch (pitch clip, +-15 deg) of the output vs the
                 driver, each measured from Face Mesh's 3-D rigid points relative to frame 0, cross-
                 identity, mean |difference| of the worst clip and pair
