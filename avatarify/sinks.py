@@ -118,6 +118,7 @@ class VideoFileSink:
                             "requirements.txt.") from None
         try:
             self._container = av.open(str(self.path), mode="w")
+            fps = fps if 0 < fps < 1000 else 30.0  # some webcams report 0 or NaN for their rate
             stream = self._container.add_stream(self.CODEC, rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = width, height, self.PIXEL_FORMAT
             stream.options = dict(self.OPTIONS)
