@@ -13,8 +13,8 @@ convolutions along the per-frame path (12 keypoint detector + 30 generator), tha
 max 5.2e-4. Measured max differences (random weights, real photos) sit 10–40× below: 3e-6 to 1.5e-5
 on an Intel Xeon with AVX-512 and AMX, 1.0e-5 to 4.6e-5 with oneDNN held to AVX2
 (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2), 2.34e-5 on an AMD EPYC without AVX-512. A
-real fault (a wrong op, a strength or avatar broadcast across a batch) moves the picture by 1e-2
-to 0.25.
+real fault stays far above the bound: one frame's strength broadcast across a batch of two moved
+the picture by 0.25.
 
 Reduced precision (bf16, fp16) rounds each layer's inputs and weights to `eps` and accumulates in
 fp32: a relative error of eps·sqrt(2/3) per layer (two uniform roundings), a random walk over the
