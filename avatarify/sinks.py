@@ -94,9 +94,9 @@ class VideoFileSink:
     """Frames to an mp4 file, encoded on a writer thread so encoding stays off the frame's path.
 
     H.264 through PyAV's libx264, lossless (qp 0) in 4:4:4: a still pixel decodes to the same value
-    in every frame (a lossy encoder refines still areas frame by frame, moving them by up to 8
-    levels at crf 18, and MPEG-4 part 2 by 50), and each pixel is within 2 levels of what the virtual
-    camera got (BGR → YCbCr rounding; 4:2:0 would move colour edges by ~20). Plays in VLC, mpv,
+    in every frame (a lossy encoder refines still areas frame by frame, moving them by up to 9
+    levels at crf 18, and MPEG-4 part 2 by 52), and each pixel is within 2 levels of what the virtual
+    camera got (BGR → YCbCr rounding; 4:2:0 moved colour edges by 20–95). Plays in VLC, mpv,
     ffmpeg/OpenCV and OBS; browsers and QuickTime want 4:2:0 (README: Useful flags).
     The queue holds at most `queue_frames` frames: when the encoder falls behind, `send` waits
     for it rather than drop a frame or grow without bound. `frames` counts frames encoded, so the
