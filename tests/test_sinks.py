@@ -194,7 +194,10 @@ def test_the_writer_queue_is_bounded_and_send_waits_for_a_slow_encoder(tmp_path,
     frames = _numbered_frames(6, 320, 180)
     sender = threading.Thread(target=lambda: [sink.send(f) for f in frames], daemon=True)
     sender.start()
-    sender.join(1.0)
+    deadline = time.monotonic() + 10
+    while sink._queue.qsize() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sender.join(0.5)
     # One frame in the encoder, two queued, the fourth send waits: nothing dropped, memory bounded.
     assert sender.is_alive() and sink._queue.qsize() == 2 and sink.frames == 0
     release.set()
