@@ -143,6 +143,8 @@ def best_fix(candidates: list[Candidate]) -> str:
 def no_backend_message(candidates: list[Candidate]) -> str:
     """One sentence: why nothing runs (the reasons of paths not excluded by --device alone first)."""
     reasons = [c.why for c in candidates if not c.why.startswith("--device")] or [c.why for c in candidates]
+    # A flag this machine cannot honour (e.g. bf16 on a CPU without AVX-512) is what to read first.
+    reasons.sort(key=lambda why: not why.startswith("--precision"))
     unique = list(dict.fromkeys(r for r in reasons if r))
     fix = best_fix(candidates)
     return ("FOMM cannot run with these flags here: " + "; ".join(unique or ["no backend is installed"])
