@@ -179,6 +179,7 @@ def test_bf16_where_the_cpu_cannot_run_it_is_refused_in_one_line_and_never_chose
     with pytest.raises(AnimatorError, match="bf16 needs a CPU with AVX-512") as error:
         build_fomm_animator(Settings(backend="torch", device="cpu", precision="bf16", cache_dir=tmp_path), junk)
     assert "\n" not in str(error.value) and "--precision fp32" in str(error.value)
+    assert str(error.value).startswith("FOMM cannot run with these flags here: --precision bf16")  # read first
     with pytest.raises(RunnerError, match="use --precision fp32") as error:  # the server and benches build it so
         TorchRunner(*load_fomm(fomm_checkpoint), precision="bf16")
     assert "\n" not in str(error.value)
