@@ -86,6 +86,29 @@ class StopSignal(KeyboardInterrupt):
         return 128 + self.signum
 
 
+class _Held:
+    """While a frame goes to the sinks (depth > 0), a stop signal waits in `pending`: the video file
+    and the virtual camera then end on the same frame."""
+
+    depth = 0
+    pending: int | None = None
+
+
+_HELD = _Held()
+
+
+@contextmanager
+def stop_held() -> Iterator[None]:
+    _HELD.depth += 1
+    try:
+        yield
+    finally:
+        _HELD.depth -= 1
+    if _HELD.depth == 0 and _HELD.pending is not None:
+        signum, _HELD.pending = _HELD.pending, None
+        raise StopSignal(signum)
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """While inside: SIGINT, SIGTERM and SIGHUP raise StopSignal in the main thread. The next signal,
@@ -96,6 +119,9 @@ def stop_on_signals() -> Iterator[None]:
     def handler(signum: int, frame) -> None:
         received.append(signum)
         if len(received) == 1:
+            if _HELD.depth:  # a frame is being handed to the sinks: stop once every sink has it
+                _HELD.pending = signum
+                return
             raise StopSignal(signum)
         if len(received) == 2:
             log.warning("%s: already stopping, closing the output first (once more to quit at once)",
@@ -266,11 +292,12 @@ class LiveApp:
         return output
 
     def _deliver(self, output: np.ndarray, shown: float) -> None:
-        self.stats.frame_done(shown)
-        self._delivered = shown
-        with self.stats.stage("sinks"):
-            for sink in self.sinks:
-                sink.send(output)
+        with stop_held():  # counted, recorded and sent as one: the stats, file and camera agree
+            self.stats.frame_done(shown)
+            self._delivered = shown
+            with self.stats.stage("sinks"):
+                for sink in self.sinks:
+                    sink.send(output)
 
     def _deliver_last(self) -> None:
         """A video file ends: the picture an engine still has in flight (a pipelined one runs a

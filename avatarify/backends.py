@@ -11,7 +11,8 @@ Candidates, in preference order:
   onnxruntime-cuda      onnxruntime's CUDA provider; tensors stay on the GPU (IOBinding)
   torch-cuda            the fast net (models/fomm/fast.py), fp16 unless asked otherwise, one CUDA graph
   torch-cpu             the fast net: bf16 and fp32 where the CPU has native bf16 (AVX512_BF16 or AMX;
-                        both timed, see _kinds_and_precisions), else fp32
+                        both timed, see _kinds_and_precisions), else fp32; --precision bf16 is refused
+                        in one line where torch's bf16 convolutions cannot run at all (bf16_runs)
   onnxruntime-cpu       the exported graphs on onnxruntime's CPU provider
 A candidate counts only when it really runs: an onnxruntime session must name its provider in
 `get_providers()` once it is made (a build that lists CUDA falls back to the CPU silently when the
@@ -142,6 +143,8 @@ def best_fix(candidates: list[Candidate]) -> str:
 def no_backend_message(candidates: list[Candidate]) -> str:
     """One sentence: why nothing runs (the reasons of paths not excluded by --device alone first)."""
     reasons = [c.why for c in candidates if not c.why.startswith("--device")] or [c.why for c in candidates]
+    # A flag this machine cannot honour (e.g. bf16 on a CPU without AVX-512) is what to read first.
+    reasons.sort(key=lambda why: not why.startswith("--precision"))
     unique = list(dict.fromkeys(r for r in reasons if r))
     fix = best_fix(candidates)
     return ("FOMM cannot run with these flags here: " + "; ".join(unique or ["no backend is installed"])
@@ -169,6 +172,34 @@ def has_native_bf16(flags: tuple[str, ...] | list[str]) -> bool:
     """bf16 convolutions run natively (AVX512_BF16 dot products or AMX tiles); without them oneDNN
     emulates bf16 and it is slower than fp32."""
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# What torch's oneDNN bf16 convolution asks of the CPU before it runs at all (its own check raises
+# "bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq" otherwise):
+# any one of these groups. Zen 2/3 EPYCs and most laptops before 2023 have none of them.
+BF16_CPU_GROUPS = (("avx512bw", "avx512vl", "avx512dq"), ("avx_ne_convert",), ("bf16",))  # bf16: Arm's FEAT_BF16
+BF16_NEEDS = "AVX-512 (BW, VL and DQ) or AVX-NE-CONVERT"
+
+
+def bf16_runs(flags: tuple[str, ...] | list[str]) -> bool:
+    """torch can run bf16 convolutions on a CPU with these flags (natively or emulated by oneDNN)."""
+    if not flags:  # no /proc/cpuinfo (Windows, macOS): torch's own check
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return any(all(flag in flags for flag in group) for group in BF16_CPU_GROUPS)
+
+
+def bf16_runs_here() -> bool:
+    """bf16_runs for this machine's CPU (through cpu_flags, which tests replace to fake a CPU)."""
+    import torch
+
+    return torch.backends.mkldnn.is_available() and bf16_runs(cpu_flags())
+
+
+def bf16_refusal(cpu: str) -> str:
+    """Why --precision bf16 cannot run on this CPU, and what to use instead (one sentence, no stop)."""
+    return f"--precision bf16 needs a CPU with {BF16_NEEDS}, which this one ({cpu}) lacks; use --precision fp32"
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:
@@ -216,12 +247,13 @@ class Machine:
     ort_package: str | None  # e.g. "onnxruntime-gpu 1.23.2"; None: onnxruntime does not import
     ort_providers: tuple[str, ...]  # what the onnxruntime build offers (not what a session gets)
     tensorrt: str | None  # the tensorrt package's version
-    native_bf16: bool
+    native_bf16: bool  # bf16 runs, and faster than emulated (see has_native_bf16)
     gpus: tuple[str, ...]  # NVIDIA GPUs seen by torch or by the driver
     cpu: str
     cpu_flags: tuple[str, ...] = ()
     threads: int = 1
     cuda_libraries: str = ""  # the pip CUDA/cuDNN wheels onnxruntime-gpu loads, with versions
+    bf16_runs: bool = True  # torch's CPU bf16 convolutions run at all (see bf16_runs)
 
     @classmethod
     def detect(cls) -> "Machine":
@@ -244,18 +276,22 @@ class Machine:
         return cls(torch_version=torch.__version__, torch_cuda=torch_cuda, ort_package=ort_package,
                    ort_providers=ort_providers, tensorrt=tensorrt,
                    native_bf16=has_native_bf16(flags) and torch.backends.mkldnn.is_available(),
+                   bf16_runs=bf16_runs_here(),
                    gpus=tuple(gpus or driver_gpus()), cpu=cpu_model(),
                    cpu_flags=tuple(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4", "asimd", "sve"))),
                    threads=torch.get_num_threads(), cuda_libraries=wheels)
 
 
-def _precision_for(kind: str, asked: str, native_bf16: bool) -> tuple[str, str]:
+def _precision_for(kind: str, asked: str, machine: Machine) -> tuple[str, str]:
     """(precision the candidate runs at, why it cannot honour `asked` or "")."""
     if kind.startswith("torch"):
         if asked == "auto":
-            return ("fp16" if kind == "torch-cuda" else "bf16" if native_bf16 else "fp32"), ""
+            native = machine.native_bf16 and machine.bf16_runs
+            return ("fp16" if kind == "torch-cuda" else "bf16" if native else "fp32"), ""
         if asked == "fp16" and kind == "torch-cpu":
             return asked, "--precision fp16 needs a CUDA GPU; on the CPU use fp32 or bf16"
+        if asked == "bf16" and kind == "torch-cpu" and not machine.bf16_runs:
+            return asked, bf16_refusal(machine.cpu)
         return asked, ""
     if asked == "bf16":
         return asked, "--precision bf16 runs only on the torch backend; use fp32 or fp16 with onnxruntime or TensorRT"
@@ -305,7 +341,7 @@ def _kinds_and_precisions(machine: Machine, backend: str, precision: str) -> lis
     for kind in KINDS:
         if backend != "auto" and kind.split("-")[0] != backend:
             continue
-        runs_at, problem = _precision_for(kind, precision, machine.native_bf16)
+        runs_at, problem = _precision_for(kind, precision, machine)
         rows.append((kind, runs_at, problem))
         if kind == "torch-cpu" and precision == "auto" and runs_at == "bf16":
             amx = "amx_bf16" in machine.cpu_flags
@@ -637,7 +673,8 @@ def main() -> int:
         print(f"  a real session's providers: {check_session_providers()}")
     print(f"torch {machine.torch_version}: CUDA {'yes' if machine.torch_cuda else 'no'}")
     print(f"NVIDIA GPUs seen: {', '.join(machine.gpus) or 'none'}")
-    print(f"CPU: {machine.cpu}; native bf16: {'yes' if machine.native_bf16 else 'no'}; tensorrt: "
+    bf16 = "native" if machine.native_bf16 else "emulated (slower than fp32)" if machine.bf16_runs else "cannot run"
+    print(f"CPU: {machine.cpu}; bf16: {bf16}; tensorrt: "
           f"{machine.tensorrt or 'not installed'}; pip CUDA libraries: {machine.cuda_libraries or 'none'}")
     print("--backend auto considers:")
     for candidate in candidates_for(machine):

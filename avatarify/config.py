@@ -61,7 +61,8 @@ class Settings:
                                 "on the CPU")
     precision: str = _knob("auto", "FOMM arithmetic: auto is fp16 on a GPU; on a CPU with native bf16 "
                                    "--backend auto times bf16 and fp32 and takes the faster (bf16: close "
-                                   "but not exact), --backend torch takes bf16 with AMX, else fp32")
+                                   "but not exact), --backend torch takes bf16 with AMX, else fp32; bf16 "
+                                   "needs a CPU with AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT")
     size: int | None = _knob(None, "side of the square output with --framing crop (256 or 512; default "
                                    "256); with --framing call the output is the camera size and this is "
                                    "ignored (FOMM's network always runs at 256)")

@@ -200,7 +200,12 @@ class TorchRunner(FommRunner):
         if precision not in PRECISIONS:
             raise RunnerError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
         if precision == "fp16" and self.device.type != "cuda":
-            raise RunnerError("fp16 needs a CUDA device; on cpu use precision bf16.")
+            raise RunnerError("fp16 needs a CUDA device; on cpu use precision fp32 (or bf16 where the CPU runs it).")
+        if precision == "bf16" and self.device.type == "cpu":
+            from avatarify import backends  # through the module: tests fake the CPU's flags there
+
+            if not backends.bf16_runs_here():  # else oneDNN stops in the first convolution, a traceback
+                raise RunnerError(backends.bf16_refusal(backends.cpu_model()) + ".")
 
     def _frame_callable(self, graphed: bool, compiled: bool):
         if not graphed:

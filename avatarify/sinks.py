@@ -3,7 +3,7 @@
 Input: BGR uint8 frames of the camera size (the app composes them: compose.py). A frame of another
 size is scaled to fit and padded, keeping its aspect ratio.
 Output: the virtual camera device (pyvirtualcam: v4l2loopback on Linux, OBS on Windows/macOS),
-an OpenCV window (which also reads the hotkeys), or a video file.
+an OpenCV window (which also reads the hotkeys), or a video file (H.264 on a writer thread).
 A sink that cannot start raises SinkError with one line saying how to fix it; the app decides
 whether to go on without it.
 """
@@ -14,6 +14,9 @@ import ctypes.util
 import logging
 import os
 import platform
+import queue
+import threading
+from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
@@ -88,24 +91,86 @@ class VirtualCameraSink:
 
 
 class VideoFileSink:
-    """Frames to an mp4 file (MPEG-4 part 2, which every OpenCV build can write), at a fixed size."""
+    """Frames to an mp4 file, encoded on a writer thread so encoding stays off the frame's path.
 
-    def __init__(self, path: Path, fps: float, width: int, height: int) -> None:
+    H.264 through PyAV's libx264, lossless (qp 0) in 4:4:4: a still pixel decodes to the same value
+    in every frame (a lossy encoder refines still areas frame by frame, moving them by up to 9
+    levels at crf 18, and MPEG-4 part 2 by 52), and each pixel is within 2 levels of what the virtual
+    camera got (BGR → YCbCr rounding; 4:2:0 moved colour edges by 20–95). Plays in VLC, mpv,
+    ffmpeg/OpenCV and OBS; browsers and QuickTime want 4:2:0 (README: Useful flags).
+    The queue holds at most `queue_frames` frames: when the encoder falls behind, `send` waits
+    for it rather than drop a frame or grow without bound. `frames` counts frames encoded, so the
+    closing line tells what the file holds, also after a stop signal.
+    """
+
+    CODEC, PIXEL_FORMAT, OPTIONS = "libx264", "yuv444p", {"qp": "0", "preset": "ultrafast"}
+    QUEUE_FRAMES = 8  # ~22 MB at 1280x720; a quarter second of slack at 30 fps
+
+    def __init__(self, path: Path, fps: float, width: int, height: int, queue_frames: int = QUEUE_FRAMES) -> None:
         self.path = Path(path)
         self.width, self.height = width, height
         if not self.path.parent.is_dir():
             raise SinkError(f"Cannot write {self.path}: folder {self.path.parent} does not exist.")
-        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        if not self._writer.isOpened():
-            raise SinkError(f"Cannot write video file {self.path}; use an .mp4 name in a writable folder.")
+        try:
+            import av
+        except ImportError:
+            raise SinkError("--output needs PyAV (the av package); install it with pip install -r "
+                            "requirements.txt.") from None
+        try:
+            self._container = av.open(str(self.path), mode="w")
+            fps = fps if 0 < fps < 1000 else 30.0  # some webcams report 0 or NaN for their rate
+            stream = self._container.add_stream(self.CODEC, rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = width, height, self.PIXEL_FORMAT
+            stream.options = dict(self.OPTIONS)
+            # Two encoder threads at most: the app's own stages need the other cores.
+            stream.codec_context.thread_count = min(2, os.cpu_count() or 1)
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            log.debug("video writer failed: %s", exc)
+            raise SinkError(f"Cannot write video file {self.path}; use an .mp4 name in a writable folder.") from None
+        self._stream = stream
         self.frames = 0
+        self.error: str | None = None
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=queue_frames)
+        self._thread = threading.Thread(target=self._write_all, name="video-writer", daemon=True)
+        self._thread.start()
 
     def send(self, frame_bgr: np.ndarray) -> None:
-        self._writer.write(to_camera(frame_bgr, self.width, self.height, pad=True))
-        self.frames += 1
+        frame = to_camera(frame_bgr, self.width, self.height, pad=True)
+        if frame is frame_bgr:  # the engine may draw its next frame into the same buffer
+            frame = frame.copy()
+        if self.error is None:
+            self._queue.put(np.ascontiguousarray(frame))
+
+    def _encode(self, frame_bgr: np.ndarray) -> None:
+        import av
+
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame_bgr, format="bgr24")):
+            self._container.mux(packet)
+
+    def _write_all(self) -> None:
+        import av
+
+        while (frame := self._queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain, so send never blocks on a dead writer
+            try:
+                self._encode(frame)
+                self.frames += 1
+            except (av.FFmpegError, OSError) as exc:  # a full disk: say so once, keep the app going
+                self.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.warning("Writing %s stopped after %d frames: %s", self.path, self.frames, self.error)
 
     def close(self) -> None:
-        self._writer.release()
+        import av
+
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            for packet in self._stream.encode():  # the frames the encoder still holds
+                self._container.mux(packet)
+            self._container.close()
+        except (av.FFmpegError, OSError) as exc:
+            log.warning("Finishing %s failed: %s", self.path, str(exc).splitlines()[0] if str(exc) else exc)
         log.info("wrote %d frames to %s", self.frames, self.path)
 
 

@@ -15,7 +15,9 @@ Paths (each with its precision and its error against the official fp32 predictio
 - ort_split: onnxruntime over the exported graphs (fastest of fused / unfused keypoint detector);
 - on cuda, the app's GPU paths with their frame I/O (uint8 crop in, uint8 picture out, conversions
   on the GPU): torch_device_io_fp16_cudagraph, ort_cuda_iobinding, ort_tensorrt_iobinding (when the
-  build has TensorRT); without CUDA they are skipped and `gpu_paths_skipped` says why;
+  build has TensorRT); without CUDA they are skipped and `gpu_paths_skipped` says why; a path this
+  CPU cannot run (bf16 without AVX-512 BW/VL/DQ or AVX-NE-CONVERT, e.g. an AMD EPYC Zen 3) is left
+  out and `paths_skipped` names it with the reason (printed too);
 - batched throughput (`batched`): FommRunner.animate_batch over B frames of B avatars in one pass
   for the fastest torch path of the device (bf16 on a CPU with native bf16, fp16 + CUDA graph on a
   GPU), B = --batches (1, 8, 32): frames/s and how many 30-fps users that serves.
@@ -42,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avatarify.backends import cpu_flags, has_native_bf16  # noqa: E402
+from avatarify.backends import bf16_refusal, bf16_runs_here, cpu_flags, cpu_model, has_native_bf16  # noqa: E402
 from avatarify.runners import CudaGraphed, OnnxRuntimeRunner, TorchRunner  # noqa: E402
 from bench.common import write_json  # noqa: E402
 from export.onnx_export import cached_export, sample_photos  # noqa: E402
@@ -107,11 +109,15 @@ def runner_path(name: str, precision: str, runner, photos: tuple[np.ndarray, ...
 
 
 def torch_paths(kp_detector, generator, device: str, photos: tuple[np.ndarray, ...],
-                compile_fp16: bool) -> list[BenchPath]:
-    """(name, precision, runner options) per torch path on this device."""
+                compile_fp16: bool, skipped: dict[str, str]) -> list[BenchPath]:
+    """The torch paths that run on this device; those that cannot run go to `skipped` with why."""
     if device == "cpu":
-        variants = [("torch_split", "fp32", {}), ("torch_split_optimized", "fp32", {"optimized": True}),
-                    ("torch_split_bf16", "bf16", {"precision": "bf16"})]
+        variants = [("torch_split", "fp32", {}), ("torch_split_optimized", "fp32", {"optimized": True})]
+        if bf16_runs_here():
+            variants.append(("torch_split_bf16", "bf16", {"precision": "bf16"}))
+        else:  # oneDNN's bf16 convolution would stop the whole run in its first call
+            skipped["torch_split_bf16"] = bf16_refusal(cpu_model())
+            log.info("torch_split_bf16 skipped: %s", skipped["torch_split_bf16"])
     else:
         variants = [("torch_split", "fp32", {"cuda_graph": False}),
                     ("torch_split_cudagraph", "fp32", {}),
@@ -299,7 +305,8 @@ def run(args: argparse.Namespace) -> dict:
     kp_detector, generator = load_fomm(checkpoint, device=device)
     official = BenchPath("official_style", "fp32", official_style(
         kp_detector, generator, source_t.to(device), neutral_t.to(device), driving_t.to(device)))
-    paths = [official, *torch_paths(kp_detector, generator, args.device, photos, args.compile)]
+    skipped: dict[str, str] = {}
+    paths = [official, *torch_paths(kp_detector, generator, args.device, photos, args.compile, skipped)]
     onnx_dir = None
     if not args.no_ort:
         onnx_dir = cached_export(checkpoint, out / "onnx_cache" if args.keep_onnx else
@@ -317,6 +324,8 @@ def run(args: argparse.Namespace) -> dict:
     result = summarize(paths, medians, as_numpy(official.step()))
     if gpu_skipped:
         result["gpu_paths_skipped"] = gpu_skipped
+    if skipped:
+        result["paths_skipped"] = skipped
     if args.batches:
         batch_precision = "fp16" if device.type == "cuda" else faster_cpu_precision(result)
         batch_runner = TorchRunner(kp_detector, generator, device=args.device, precision=batch_precision,
@@ -362,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     result = run(args)
     print(json.dumps({k: v for k, v in result.items() if k != "paths"}, indent=2))
+    for name, why in result.get("paths_skipped", {}).items():
+        print(f"skipped {name}: {why}")
     return 0
 
 

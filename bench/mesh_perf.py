@@ -9,6 +9,17 @@ median/p95 ms; landing error of the warp; identity error), mesh_perf_strip.png (
 several frames, both sizes), mesh_perf_features.png (zoomed faces: mouth, blink, gaze, cross-identity)
 and mesh_perf_stages.png (stage-time bars).
 
+Goals, and why a CPU can miss the fps ones: fps_256 ≥ 100 and fps_512 ≥ 50 are the product's goals on
+the CPUs the README names, but about half of a 256-px frame is Face Mesh, whose XNNPACK kernels are
+picked per instruction set (AVX-512, AVX2, …) and per core, so the same code ran 173 fps on one AMD
+EPYC, 102 on an Intel Xeon (model 207) and 83 on another AMD EPYC. So the fps goals are stated for the
+README's reference CPU (the Intel Xeon model 207 VM), and the JSON says on which CPU it ran (`cpu`)
+and splits the frame: `engine_share_256` is the engine's own stages (motion + warp) over the Face
+Mesh stage, two timings of the same run, so a miss can be read as Face Mesh's (share well under 1:
+the engine is not what is slow) or the engine's. It is reported, not a goal: under load from other
+jobs Face Mesh's threads suffer more than the engine's single thread, which moves the share too
+(1.0 on a quiet VM, 0.56 on a busy one).
+
 CLI: `python bench/mesh_perf.py --out DIR [--frames N]`.
 """
 from __future__ import annotations
@@ -27,6 +38,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python bench/mesh_perf.py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avatarify.backends import cpu_model  # noqa: E402
 from avatarify.datatypes import DrivingFrame, FaceLandmarks  # noqa: E402
 from avatarify.engines.mesh import MeshAnimator  # noqa: E402
 from avatarify.landmarks import FaceMeshDetector  # noqa: E402
@@ -86,6 +98,13 @@ class SizeResult:
                  for stage, ms in self.stage_ms.items()}
         return {"fps": 1000.0 / stats["total"]["p50"], "fps_mean": 1000.0 / float(np.mean(self.stage_ms["total"])),
                 "stages_ms": stats, "timed_frames": len(self.stage_ms["total"])}
+
+
+def engine_share(summary: dict) -> float:
+    """The engine's median ms (motion + warp) over Face Mesh's: a ratio of two timings on the same
+    CPU in the same run, so the CPU's speed and its XNNPACK kernels cancel out."""
+    stages = summary["stages_ms"]
+    return (stages["motion"]["p50"] + stages["warp"]["p50"]) / stages["landmarks"]["p50"]
 
 
 def time_size(size: int, frames: int, warmup: int, passes: int) -> SizeResult:
@@ -230,7 +249,9 @@ def run_bench(out_dir: Path, frames: int = 120, warmup: int = 15, passes: int = 
         "warmup_frames": warmup,
         **{f"fps_{size}": round(summary["fps"], 1) for size, summary in summaries.items()},
         "per_size": summaries,
-        "goals": {"fps_256": ">= 100", "fps_512": ">= 50"},
+        "cpu": cpu_model(),
+        **{f"engine_share_{size}": round(engine_share(summary), 3) for size, summary in summaries.items()},
+        "goals": {"fps_256": ">= 100 (on the README's reference CPU)", "fps_512": ">= 50 (on the README's reference CPU)"},
         "accuracy": {str(size): accuracy(size) for size in SIZES},
         "bench_s": None,
     }
@@ -254,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for size in SIZES:
         stages = data["per_size"][size]["stages_ms"]
         parts = "  ".join(f"{stage} {stages[stage]['p50']:.2f}" for stage in STAGES)
-        print(f"fps_{size} {data[f'fps_{size}']:7.1f}   median ms: {parts}  total {stages['total']['p50']:.2f}")
+        print(f"fps_{size} {data[f'fps_{size}']:7.1f}   median ms: {parts}  total {stages['total']['p50']:.2f}  "
+              f"engine/Face Mesh {data[f'engine_share_{size}']:.2f}")
+    print(f"CPU: {data['cpu']}")
     print(f"({data['bench_s']} s)  {args.out / 'mesh_perf.json'}")
     return 0
 

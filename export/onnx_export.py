@@ -8,7 +8,8 @@ Input: an official checkpoint (vox-cpk.pth.tar / vox-adv-cpk.pth.tar). Output, i
 - `manifest.json`        checkpoint sha256, opset, input/output names, parity errors, and each graph's
                          size and sha256 (`files`).
 Each graph is single-file, opset 17, static 256×256, and is run on onnxruntime CPU against the torch
-modules on real photos; a max abs difference above 1e-4 raises ExportError.
+modules on real photos; a max abs difference above the fp32
+rounding bound of these nets (5.2e-4, models/fomm/rounding.py) raises ExportError.
 
 The app's cache (`cached_export`) heals itself: an export is written into a temporary folder and moved
 into place with one rename, under a lock file, so a crash, a full disk or two runs starting at once never
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from models.fomm import rounding
 from models.fomm.checkpoint import load_fomm
 from models.fomm.realtime import (FRAME_INPUTS, FRAME_OUTPUTS, FUSED_FRAME_INPUTS, KEYPOINT_OUTPUTS,
                                   SOURCE_OUTPUTS, FrameNet, FusedFrameNet, KeypointNet, SourceNet, calibrate)
@@ -40,7 +42,9 @@ from models.fomm.realtime import (FRAME_INPUTS, FRAME_OUTPUTS, FUSED_FRAME_INPUT
 log = logging.getLogger(__name__)
 
 OPSET = 17
-PARITY_TOLERANCE = 1e-4
+# onnxruntime sums in another order than oneDNN, differently per instruction set: the fp32
+# re-association bound of these nets (5.2e-4, derived in models/fomm/rounding.py), not one CPU's figure.
+PARITY_TOLERANCE = rounding.FP32_MAX
 IMAGE_SIZE = 256
 
 
@@ -134,7 +138,7 @@ def export_graph(spec: GraphSpec, path: Path) -> None:
 
 @torch.inference_mode()
 def check_graph(spec: GraphSpec, path: Path) -> float:
-    """Max abs difference between onnxruntime CPU and torch on the spec's inputs; raises above 1e-4."""
+    """Max abs difference between onnxruntime CPU and torch on the spec's inputs; raises above the bound."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -144,7 +148,7 @@ def check_graph(spec: GraphSpec, path: Path) -> float:
     expected = expected if isinstance(expected, tuple) else (expected,)
     error = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
     if not error <= PARITY_TOLERANCE:
-        raise ExportError(f"{path.name} differs from torch by {error:.2e} (limit {PARITY_TOLERANCE:.0e}) on "
+        raise ExportError(f"{path.name} differs from torch by {error:.2e} (limit {PARITY_TOLERANCE:.1e}) on "
                           f"onnxruntime CPU; the export is wrong, please report it.")
     return error
 

@@ -14,7 +14,7 @@ import pytest
 
 from avatarify.backends import (ORT_CUDA_LIBRARIES_FIX, REQUIREMENTS_GPU_FIX, TIMINGS_FILE, BackendError, Built,
                                 Candidate, CandidateFailed, Machine, build_fomm_animator, candidates_for,
-                                choose_backend, cpu_flags, driver_gpus, has_native_bf16, idle_gpu_warning,
+                                choose_backend, cpu_flags, cpu_model, driver_gpus, has_native_bf16, idle_gpu_warning,
                                 read_timings, select_backend, time_frames, timing_key, write_timings)
 from avatarify.config import Settings
 from avatarify.engines.base import AnimatorError
@@ -145,6 +145,51 @@ def test_driver_gpus_from_proc_and_from_nvidia_smi(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
     assert driver_gpus(tmp_path / "absent", smi="nvidia-smi") == ["NVIDIA GeForce RTX 4090"]
     assert driver_gpus(tmp_path / "absent", smi="no-such-tool") == []
+
+
+# /proc/cpuinfo of CPUs this was reported on: an AMD EPYC (Zen 3) has no AVX-512 at all, so torch's
+# bf16 convolution refuses to run; a Skylake Xeon has AVX-512 without bf16, which oneDNN emulates.
+ZEN3 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13 64-Core Processor\n"
+        "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c bmi1 bmi2 sha_ni vaes vpclmulqdq\n")
+SKYLAKE = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6148 CPU\n"
+           "flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl\n")
+
+
+def _fake_cpu(monkeypatch, cpuinfo: str) -> Machine:
+    """This machine with another CPU's flags: the one function that reads them is replaced."""
+    flags, model = cpu_flags, cpu_model
+    monkeypatch.setattr("avatarify.backends.cpu_flags", lambda text=None: flags(cpuinfo if text is None else text))
+    monkeypatch.setattr("avatarify.backends.cpu_model", lambda text=None: model(cpuinfo if text is None else text))
+    return Machine.detect()
+
+
+def test_bf16_where_the_cpu_cannot_run_it_is_refused_in_one_line_and_never_chosen(monkeypatch, fomm_checkpoint,
+                                                                                   tmp_path):
+    from avatarify.runners import RunnerError, TorchRunner
+    from models.fomm.checkpoint import load_fomm
+
+    machine = _fake_cpu(monkeypatch, ZEN3)
+    assert not machine.bf16_runs and not machine.native_bf16
+    assert not [c for c in candidates_for(machine) if c.precision == "bf16"]  # --backend auto: fp32 only
+    assert _runs(candidates_for(machine, backend="torch")) == ["torch-cpu-fp32"]
+    (bf16,) = [c for c in candidates_for(machine, backend="torch", precision="bf16") if c.kind == "torch-cpu"]
+    assert not bf16.available and "AVX-512" in bf16.why and bf16.why.endswith("use --precision fp32")
+    junk = tmp_path / "junk.pth.tar"
+    junk.write_bytes(b"not a checkpoint")  # never read: the flags are refused first
+    with pytest.raises(AnimatorError, match="bf16 needs a CPU with AVX-512") as error:
+        build_fomm_animator(Settings(backend="torch", device="cpu", precision="bf16", cache_dir=tmp_path), junk)
+    assert "\n" not in str(error.value) and "--precision fp32" in str(error.value)
+    assert str(error.value).startswith("FOMM cannot run with these flags here: --precision bf16")  # read first
+    with pytest.raises(RunnerError, match="use --precision fp32") as error:  # the server and benches build it so
+        TorchRunner(*load_fomm(fomm_checkpoint), precision="bf16")
+    assert "\n" not in str(error.value)
+
+
+def test_bf16_emulated_by_avx512_runs_when_asked_but_auto_keeps_fp32(monkeypatch):
+    machine = _fake_cpu(monkeypatch, SKYLAKE)
+    assert machine.bf16_runs and not machine.native_bf16
+    assert not [c for c in candidates_for(machine) if c.precision == "bf16"]
+    assert _runs(candidates_for(machine, backend="torch", precision="bf16")) == ["torch-cpu-bf16"]
 
 
 def test_native_bf16_comes_from_the_cpu_flags():

@@ -52,6 +52,7 @@ def test_truth_describes_every_frame_and_starts_neutral(mixed_clip):
     assert first["mouth_open"] == 0 and first["eye_open"] == 1 and first["gaze_xy"] == (0, 0)
     for frame in truth["per_frame"]:
         expected = head_matrix(frame["roll_deg"], frame["shift_xy"], frame["scale"], truth["centre_xy"])
+        # The truth stores the matrix rounded to 6 decimals (≤ 5e-7 off); the rest is float64 algebra.
         np.testing.assert_allclose(frame["head_matrix"], expected, atol=1e-5)
         assert frame["time_s"] == pytest.approx(frame["index"] / 30.0)
         assert 0 <= frame["mouth_open"] <= 1 and 0 <= frame["eye_open"] <= 1

@@ -5,11 +5,14 @@ import pytest
 import torch
 
 from export.onnx_export import sample_photos
+from models.fomm import rounding
 from models.fomm.checkpoint import random_networks
 from models.fomm.keypoints import normalize_kp
 from models.fomm.realtime import FrameNet, FusedFrameNet, KeypointNet, SourceNet, calibrate
 
-TOLERANCE = 1e-5
+# The split computes the same fp32 sums as the official forward, some in another order (the avatar's
+# features once, the keypoint normalisation fused): the fp32 re-association bound of these nets.
+TOLERANCE = rounding.FP32_MAX
 
 
 @pytest.fixture(scope="module")

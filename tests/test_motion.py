@@ -40,6 +40,9 @@ def transfer(avatar: np.ndarray, neutral: np.ndarray, smoothing: bool = False,
     return motion
 
 
+# Tolerances in this file bound float64 algebra (eps 2.2e-16 × coordinates of a few hundred px:
+# 1e-13, so atol 1e-9 holds on any CPU) or float32 landmarks (eps 1.2e-7 × 500 px ≈ 6e-5: atol 1e-3);
+# the looser ones (0.05 px, 2°) bound the fits' model error on synthetic faces, not rounding.
 def test_similarity_algebra():
     a, b = about(10 + 5j, 20, 1.3, 4 - 2j), about(-3j, -35, 0.8, 1 + 1j)
     z = as_complex(synthetic_face())

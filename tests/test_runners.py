@@ -1,11 +1,16 @@
-"""Runners agree with the torch runner (fp32, ≤1e-4); FommAnimator honours the Animator contract.
+"""Runners agree with the torch runner (fp32); FommAnimator honours the Animator contract.
 
-The torch runner's faster paths stay close to its exact one. Bounds are about three times the worst
-case measured on random weights (4 seeds, strengths 1 and 0.8, real photos) against the exact split:
-- optimized fp32: mean |Δ| ≤ 6.7e-6, max ≤ 6.1e-4 (a few pixels where the flow crosses a
-  zero-padded border, where grid sampling magnifies float32 rounding; ARCHITECTURE §10);
-- bf16 (CPU, keypoint detector fp32): mean ≤ 1.2e-3, max ≤ 1.9e-2;
-- fp16 (CUDA, H100): mean ≤ 1.7e-4, max ≤ 3.5e-3.
+Every tolerance is a rounding bound from models/fomm/rounding.py (its docstring derives them), not
+one machine's result:
+- two fp32 computations (onnxruntime or TensorRT against torch, a batch against single frames):
+  max ≤ 5.2e-4, the fp32 re-association bound of these nets;
+- the optimized fp32 net against the exact split: the same bound × 4 where grid sampling crosses a
+  zero-padded border (max ≤ 2.1e-3), mean ≤ 1.0e-4 (its RMS);
+- bf16 (CPU, keypoint detector fp32): max ≤ 8.7e-2, mean ≤ 4.4e-3; fp16 (CUDA): max ≤ 1.1e-2,
+  mean ≤ 5.5e-4 (inputs rounded per layer, fp32 sums).
+Measured worst cases (random weights, 4 seeds, strengths 1 and 0.8, real photos) sit below them:
+optimized fp32 mean 6.7e-6, max 6.1e-4; bf16 mean 1.2e-3, max 1.9e-2; fp16 (H100) mean 1.7e-4,
+max 3.5e-3.
 """
 from __future__ import annotations
 
@@ -19,12 +24,15 @@ from avatarify.datatypes import DrivingFrame
 from avatarify.engines.fomm import FommAnimator, bgr_to_network
 from avatarify.runners import OnnxRuntimeRunner, RunnerError, TensorRTRunner, TorchRunner
 from export.onnx_export import sample_photos
+from models.fomm import rounding
 from models.fomm.checkpoint import load_fomm
 
-TOLERANCE = 1e-4
-FP32_MAX, FP32_MEAN = 2e-3, 2e-5
-BF16_MAX, BF16_MEAN = 0.05, 3e-3
-FP16_MAX, FP16_MEAN = 0.01, 5e-4
+# Two fp32 computations that sum in another order (kernel, batch size, instruction set): 5.2e-4.
+TOLERANCE = rounding.FP32_MAX
+# The optimized net also re-rounds folded weights; its worst pixels sit on the zero-padded border.
+FP32_MAX, FP32_MEAN = rounding.BORDER * rounding.FP32_MAX, rounding.FP32_MEAN
+BF16_MAX, BF16_MEAN = rounding.reduced_precision_max("bf16"), rounding.reduced_precision_rms("bf16")
+FP16_MAX, FP16_MEAN = rounding.reduced_precision_max("fp16"), rounding.reduced_precision_rms("fp16")
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +89,10 @@ def test_batch_of_two_avatars_matches_each_frame_alone(torch_runner, photos):
     alone = [torch_runner.animate_batch(frames[i:i + 1], [state], [s])[0]
              for i, (state, s) in enumerate([(first, 0.6), (second, 1.0)])]
     assert batch.shape == (2, 3, 256, 256)
-    assert np.abs(batch[0] - alone[0]).max() <= 1e-5
-    assert np.abs(batch[1] - alone[1]).max() <= 1e-5
+    # oneDNN blocks a batch of two otherwise than one frame: fp32 re-association, ≤ 5.2e-4 (measured
+    # 8e-6 with AVX-512, 2.7e-5 under AVX2, 2.3e-5 on an AMD EPYC); a broadcast strength moves it 0.25.
+    assert np.abs(batch[0] - alone[0]).max() <= TOLERANCE
+    assert np.abs(batch[1] - alone[1]).max() <= TOLERANCE
     assert np.abs(batch[0] - batch[1]).mean() > 1e-3  # two different pictures came out
 
 

@@ -26,13 +26,16 @@ from avatarify.engines.remote import RemoteRunner
 from avatarify.runners import RunnerError, TorchRunner
 from bench.serving import ServerProcess
 from conftest import ROOT, load_astronaut_bgr, load_grace_hopper_bgr
+from models.fomm import rounding
 from models.fomm.checkpoint import load_fomm
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or importlib.util.find_spec("pytriton") is None,
                                 reason="the server needs Linux and PyTriton (pip install -r requirements-server.txt)")
 
 STRENGTH = 0.8
-PARITY = 1e-4
+# The server batches frames of several sessions into one pass, which sums in another order than the
+# local runner's single frame: the fp32 re-association bound of these nets (models/fomm/rounding.py).
+PARITY = rounding.FP32_MAX
 JPEG_MAX, JPEG_MEAN = 0.3, 0.04  # measured 0.13 / 0.020 on these photos: JPEG both ways at quality 90
 
 

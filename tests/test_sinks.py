@@ -130,6 +130,82 @@ def test_unwritable_output_file_is_a_clear_error(tmp_path):
         VideoFileSink(tmp_path / "missing-folder" / "out.mp4", 30.0, 256, 256)
 
 
+def _decoded(path: Path) -> list[np.ndarray]:
+    import cv2
+
+    capture, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            capture.release()
+            return frames
+        frames.append(frame)
+
+
+def _numbered_frames(count: int, width: int = 640, height: int = 360) -> list[np.ndarray]:
+    """The astronaut as a still room, with a moving block in the middle whose grey level is the
+    frame's number (its order is read back from the file) and a moving stripe beside it."""
+    import cv2
+
+    from conftest import load_astronaut_bgr
+
+    room = cv2.resize(load_astronaut_bgr(), (width, height), interpolation=cv2.INTER_AREA)
+    frames = []
+    for index in range(count):
+        frame = room.copy()
+        frame[140:220, 280:360] = 20 + 5 * index
+        frame[100:260, 240 + index % 16:250 + index % 16] = (0, 0, 255)
+        frames.append(frame)
+    return frames
+
+
+def test_the_video_file_holds_every_frame_in_order_and_keeps_still_pixels_still(tmp_path, caplog):
+    frames = _numbered_frames(40)
+    sink = VideoFileSink(tmp_path / "out.mp4", 30.0, 640, 360)
+    for frame in frames:
+        sink.send(frame)
+    with caplog.at_level("INFO"):
+        sink.close()
+    decoded = _decoded(tmp_path / "out.mp4")
+    assert len(decoded) == sink.frames == len(frames)
+    assert f"wrote {len(frames)} frames to" in caplog.text
+    numbers = [round((f[150:210, 290:350].mean() - 20) / 5) for f in decoded]
+    assert numbers == list(range(len(frames)))  # every frame, once, in order
+    far = np.ones((360, 640), bool)
+    far[80:280, 200:440] = False  # the moving parts and a margin around them
+    still = max(np.abs(f.astype(int) - decoded[0])[far].max() for f in decoded)
+    assert still <= 1  # within 1/255 of the first frame over the whole clip
+    # And close to what was sent: lossless in YCbCr; BGR → YCbCr → BGR rounds by a level or two.
+    assert max(np.abs(d.astype(int) - f)[far].max() for d, f in zip(decoded, frames)) <= 3
+
+
+def test_the_writer_queue_is_bounded_and_send_waits_for_a_slow_encoder(tmp_path, monkeypatch):
+    import threading
+
+    sink = VideoFileSink(tmp_path / "out.mp4", 30.0, 320, 180, queue_frames=2)
+    release = threading.Event()
+    encode = sink._encode
+
+    def slow_encode(frame):
+        release.wait(10)  # an encoder far behind the app
+        encode(frame)
+
+    monkeypatch.setattr(sink, "_encode", slow_encode)
+    frames = _numbered_frames(6, 320, 180)
+    sender = threading.Thread(target=lambda: [sink.send(f) for f in frames], daemon=True)
+    sender.start()
+    deadline = time.monotonic() + 10
+    while sink._queue.qsize() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sender.join(0.5)
+    # One frame in the encoder, two queued, the fourth send waits: nothing dropped, memory bounded.
+    assert sender.is_alive() and sink._queue.qsize() == 2 and sink.frames == 0
+    release.set()
+    sender.join(10)
+    sink.close()
+    assert not sender.is_alive() and sink.frames == 6 and len(_decoded(tmp_path / "out.mp4")) == 6
+
+
 def _start_xvfb() -> tuple[subprocess.Popen, str] | None:
     if shutil.which("Xvfb") is None:
         return None
