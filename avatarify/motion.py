@@ -108,6 +108,8 @@ IRIS_POINTS = tuple(range(NUM_MESH_POINTS, NUM_LANDMARKS))
 # The ring just above each upper lid margin (MediaPipe's eye "upper 1" contour), point for point with
 # EyeIndices.upper_lid[1:-1]: between the two lie the lashes and the lid's edge.
 LASH_RINGS = ((247, 30, 29, 27, 28, 56, 190), (414, 286, 258, 257, 259, 260, 467))
+# Each brow (upper edge outer to inner, then lower edge), image left then right, the same side as EYES.
+BROWS = ((70, 63, 105, 66, 107, 46, 53, 52, 65, 55), (300, 293, 334, 296, 336, 276, 283, 282, 295, 285))
 
 
 def head_outline(points: np.ndarray) -> np.ndarray:
@@ -155,6 +157,35 @@ def eye_open_ratios(points: np.ndarray) -> tuple[float, float]:
 def eye_open_ratio(points: np.ndarray) -> float:
     """Mean lid gap over eye width of both eyes: ~0.3 open, ~0.05 closed (MediaPipe never reaches 0)."""
     return float(np.mean(eye_open_ratios(points)))
+
+
+def brow_heights(points: np.ndarray) -> tuple[float, float]:
+    """Per side (image left first) how high the brow sits over its eye's upper lid, along the face's
+    up direction (chin 152 to forehead 10), over the face height: ~0.1 at rest, more when raised.
+    The lid, not the eye corners, is the reference because a frown lowers the brows onto it."""
+    p = np.asarray(getattr(points, "points", points), dtype=np.float64)
+    up = p[FOREHEAD] - p[CHIN]
+    height = max(float(np.linalg.norm(up)), 1e-6)
+    up /= height
+    heights = []
+    for brow, eye in zip(BROWS, EYES):
+        lid = p[list(eye.upper_lid[1:-1])].mean(axis=0)
+        heights.append(float((p[list(brow)].mean(axis=0) - lid) @ up / height))
+    return heights[0], heights[1]
+
+
+def iris_heights(points: np.ndarray) -> tuple[float, float]:
+    """Per eye (image left first) the iris centre's height above the line through the eye's corners,
+    over the eye's width: > 0 looking up, < 0 looking down (and as a lid closes: Face Mesh's iris
+    sinks with it). Roll, shift and scale leave it unchanged."""
+    p = np.asarray(getattr(points, "points", points), dtype=np.float64)
+    heights = []
+    for eye in EYES:
+        corner = complex(*p[eye.corners[0]])
+        axis = complex(*p[eye.corners[1]]) - corner
+        # Both eyes' corners run image left to right, so with y down "up" is the negative imaginary part.
+        heights.append(float(-((complex(*p[eye.iris_centre]) - corner) / axis).imag))
+    return heights[0], heights[1]
 
 # ---------------------------------------------------------------------------------------------
 # Similarities as complex numbers
