@@ -448,15 +448,26 @@ class MotionSettings:
     # For the head (mean move of the stable points) 0.005 (~0.65 px): Face Mesh shifts the whole
     # mesh by ~0.5 px as the mouth opens, which must not bob the head, hair and room while talking.
     head_deadband: float = 0.005
-    # Face Mesh never closes the lids fully (a shut eye still measures ~0.17 of its open gap), so
-    # driver eye openness below this share of the neutral's counts as shut.
-    eye_closed_below: float = 0.2
+    # Face Mesh never closes the lids fully: a real shut eye still measures 0.17 (the synthetic
+    # clips) to 0.5 (a real driver behind glasses) of its open gap, and on the engine's output a lid
+    # warped fully shut reads 0.24-0.68 (median 0.41) of the photo's open gap, a lid at half its gap
+    # 0.62-0.76 (six avatars: three real drivers' first frames, the astronaut, Grace Hopper, a real
+    # photo). Driver openness below this share of the neutral's therefore counts as shut, and
+    # above it the lid opens linearly: what Face Mesh reads on the avatar then follows what it reads
+    # on the driver at nearer full size (0.2 left the output's blinks at half the driver's). Not
+    # the median 0.41: Face Mesh lets the open eye follow a wink a little, and more would shut it.
+    eye_closed_below: float = 0.35
     # Eyes opened wider than the neutral move the avatar's upper lid this many times the driver's
-    # change. The mesh engine can only stretch the photo's eye (it has no more eyeball to show):
-    # static Face Mesh reads its lid opened 25% wider as 6-16% wider (one closed 30% as 11-18%
-    # closed, and closing already gets 1/(1 - eye_closed_below)). On the real driving videos
-    # (bench/eye_stages.py) 1.5 raised the driver-vs-output eye r by 0.003-0.023 per video.
-    eye_wider_gain: float = 1.5
+    # change. The mesh engine can only stretch the photo's eye (it has no more eyeball to show), and
+    # Face Mesh reads the output's lid opened 25% / 50% wider as 9-17% / 12-36% wider (same six
+    # avatars; median slope 0.55).
+    eye_wider_gain: float = 1.8
+    # The brows move this many times the driver's (scaled) move, for the same reason: Face Mesh reads
+    # a brow the engine moved by 0.03 face heights as 0.015-0.025 (median 0.021) higher or lower on
+    # five of those six avatars (Grace Hopper's brows, behind her glasses' rims, read less still).
+    # As for the eyes, what Face Mesh reads on the output then moves about as far as what it reads
+    # on the driver (on the real driving videos the brows' amplitude went from 0.71-0.86 to 0.93-1.05).
+    brow_gain: float = 1.4
 
 
 @dataclass
@@ -484,6 +495,7 @@ class MotionTransfer:
         self.settings = settings or MotionSettings()
         self._filter = OneEuroFilter(self.settings.min_cutoff, self.settings.beta, self.settings.d_cutoff)
         self._stable = np.array(STABLE_POINTS)
+        self._brows = [np.array(brow) for brow in BROWS]
         self._avatar: np.ndarray | None = None  # (478, 3) x, y, z avatar px
         self._avatar_pivot = np.zeros(3)
         self._avatar_has_depth = False
@@ -581,6 +593,8 @@ class MotionTransfer:
             expression = np.zeros_like(expression)
         else:
             expression = self._with_eye_openness(expression, undone, k)
+            for brow in self._brows:
+                expression[brow] *= self.settings.brow_gain
         moved = head(self._avatar + expression)
         return MotionTarget(moved[:, :2].astype(np.float32), head.similarity(),
                             expression[:, :2].astype(np.float32), moved[:, 2].astype(np.float32), head)

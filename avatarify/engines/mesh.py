@@ -33,8 +33,9 @@ faded in with the opening.
 
 The eyes are the warp's: blinks, winks and widening move the lids (with their lashes) and the photo's
 own eye between them; a gaze moves the iris vertex along the eye (as far as the driver's iris moves
-in theirs, at most IRIS_REACH), across it the iris keeps its share of the way between the lids, so a
-closing lid covers it instead of folding over it. An earlier version re-painted an inpainted eyeball
+in theirs, at most IRIS_REACH) and across it (looking down at notes, up), as far as the moved lids
+leave it inside the opening (GAZE_SHARE of the way between them), so a closing lid covers it
+instead of folding over it. An earlier version re-painted an inpainted eyeball
 and a re-sampled iris under the lids: it differed from the photo even at rest (no dark rim under
 the lid, a softer iris), Face Mesh read those lids less faithfully (real driving videos, driver vs
 output eye-opening r 0.84 / 0.80 / 0.86 with it, 0.89 / 0.87 / 0.90 warp-only; bench/eye_stages.py),
@@ -95,7 +96,16 @@ CAVITY_EDGE_BGR = np.array([38, 36, 92], np.float32)
 CAVITY_BACK_BGR = np.array([14, 12, 28], np.float32)
 TEETH_BGR = np.array([170, 188, 200], np.float32)
 IRIS_REACH = 0.22  # how far along the eye the iris may move from the avatar's own place, in eye widths
-GAZE_SHARE = (0.15, 0.85)  # the iris stays this far between the lower (0) and upper (1) lid
+# The iris centre stays this far between the lower (0) and upper (1) lid: nearer a lid the fan's
+# triangles beside it are squashed so thin that the grid's map misses the lid's landmarks by up to
+# 0.8 px (at 0.15 / 0.85).
+GAZE_SHARE = (0.25, 0.75)
+# The iris vertex moves across the eye this many times as far as the driver's iris moved over their
+# eye's corner line. The fan can only slide the photo's iris between lids it touches (it cannot go
+# under them), and static Face Mesh reads an iris vertex moved by 0.08 eye widths as 0.005-0.019
+# higher or lower (astronaut, a real photo, a cartoon, two real drivers' first frames); more than
+# this distorts the iris visibly, and GAZE_SHARE bounds it anyway.
+GAZE_GAIN = 2.5
 
 
 @dataclass
@@ -133,13 +143,13 @@ class _Grid:
 @dataclass
 class _Gaze:
     """One eye's iris as a mesh vertex (gaze): its vertex, the avatar's iris place along the eye and
-    across it between the lids (see MeshAnimator._gaze_rig), and its position for the avatar's own
-    landmarks (moves are taken relative to it, so the avatar at rest stays exact)."""
+    across it (in the eye's frame, see _eye_frame), and its position for the avatar's own landmarks
+    (moves are taken relative to it, so the avatar at rest stays exact)."""
 
     indices: EyeIndices
     vertex: int
     along: float
-    share: float
+    across: float
     rest: np.ndarray
 
 
@@ -423,27 +433,29 @@ class MeshAnimator(Animator):
         return triangles, gaze_eyes
 
     def _gaze_rig(self, eye: EyeIndices, vertex: int) -> _Gaze:
-        """Where the avatar's iris sits in its eye: along the eye and across it, as a share of the way
-        from the lower lid to the upper one."""
-        points = self._avatar_points
-        frame, iris = _eye_frame(points, eye)
-        lower, upper = _lids_across(points, eye, frame, iris.real)
-        share = (iris.imag - lower) / (upper - lower) if abs(upper - lower) > 1e-6 else 0.5
-        rig = _Gaze(eye, vertex, iris.real, float(np.clip(share, *GAZE_SHARE)), np.zeros(2))
-        rig.rest = self._iris_position(points, rig)
+        """Where the avatar's iris sits along its eye, and where the iris vertex sits at rest."""
+        frame, iris = _eye_frame(self._avatar_points, eye)
+        rig = _Gaze(eye, vertex, iris.real, iris.imag, np.zeros(2))
+        rig.rest = self._iris_position(self._avatar_points, rig)
         return rig
 
     @staticmethod
     def _iris_position(points: np.ndarray, gaze: _Gaze) -> np.ndarray:
         """The iris centre for these landmarks: along the eye where their iris is, at most IRIS_REACH
-        from the avatar's own place (a tracking glitch cannot roll it out); across, at the avatar's
-        own share of the way between the lids, so it stays between them and a closing lid covers it
-        (Face Mesh's iris sinks as the lid closes; following it down would fold the lid)."""
+        from the avatar's own place (a tracking glitch cannot roll it out); across, where their iris
+        is (the driver's vertical gaze: its height over the corners moved as the driver's), but no
+        nearer either lid than GAZE_SHARE of the way between them where it then stands. A closing lid
+        pushes it ahead (Face Mesh's iris sinks with the lid, and the lid covers it) instead of
+        folding over it, and looking down, where the lid drops with the eye, keeps it visible. The
+        move across is GAZE_GAIN times the driver's (see there)."""
         eye = gaze.indices
         frame, iris = _eye_frame(points, eye)
         along = float(np.clip(iris.real, gaze.along - IRIS_REACH, gaze.along + IRIS_REACH))
         lower, upper = _lids_across(points, eye, frame, along)
-        position = frame[0] + complex(along, lower + gaze.share * (upper - lower)) * frame[1]
+        across = gaze.across + GAZE_GAIN * (iris.imag - gaze.across)
+        share = (across - lower) / (upper - lower) if abs(upper - lower) > 1e-6 else 0.5
+        across = lower + float(np.clip(share, *GAZE_SHARE)) * (upper - lower)
+        position = frame[0] + complex(along, across) * frame[1]
         return np.array([position.real, position.imag])
 
     def _build_layers(self, avatar_bgr: np.ndarray, points: np.ndarray, person: np.ndarray | None) -> None:
