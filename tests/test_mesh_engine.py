@@ -71,7 +71,8 @@ def test_warp_lands_avatar_landmarks_on_their_targets(avatars, photo, size):
     """The backward map at each target landmark must point back at that landmark on the avatar:
     within 0.5 px at the points the warp's mesh is built on, and within 0.8% of the face width at
     the others (the warp interpolates them; the test's expression field has shorter waves than
-    faces make)."""
+    faces make). The lid margins within 1 px: the field moves the irises across the eyes, so the
+    photo's eye slides under a lid, and the map, cut there, is smoothed over one grid step."""
     engine = engine_for(avatars, photo, size)
     points = avatars[(photo, size)][1].points
     error = engine.landing_error(synthetic_target(points, size))
@@ -80,7 +81,10 @@ def test_warp_lands_avatar_landmarks_on_their_targets(avatars, photo, size):
     warp = engine._warp_points  # noqa: SLF001
     on_mesh[warp[warp < NUM_MESH_POINTS]] = True  # the irises are vertices too, placed by the gaze
     assert on_mesh.sum() > 200
-    assert np.nanmax(error[on_mesh]) <= 0.5, f"median {np.nanmedian(error):.3f} px"
+    lids = np.zeros(NUM_MESH_POINTS, bool)
+    lids[[i for eye in EYES for i in eye.opening]] = True
+    assert np.nanmax(error[on_mesh & ~lids]) <= 0.5, f"median {np.nanmedian(error):.3f} px"
+    assert np.nanmax(error[lids]) <= 1.0
     assert np.nanmax(error) <= 0.008 * float(np.ptp(points[:NUM_MESH_POINTS, 0]))
 
 
