@@ -342,8 +342,8 @@ def video_sheet(run: VideoRun, l1: np.ndarray, columns: int = 6, cell: int = 200
 def expression_moments(landmarks: Sequence[FaceLandmarks | None], fps: float) -> list[tuple[str, int]]:
     """The driver's frames worth looking at (label, frame): the two widest-open mouths (a second
     apart), the brows' biggest raise and lowering and the highest and lowest gaze (both sides'
-    mean, relative to frame 0). Gaze moments skip frames with half-shut eyes, where Face Mesh's iris
-    sinks with the lid."""
+    mean). Brow and gaze moments skip frames with half-shut eyes: a lid closing raises the brow over
+    it, and Face Mesh's iris sinks with it."""
     series = feature_series(landmarks)
     brow = (series["brow_left"] + series["brow_right"]) / 2.0
     gaze = (series["vgaze_left"] + series["vgaze_right"]) / 2.0
@@ -356,8 +356,8 @@ def expression_moments(landmarks: Sequence[FaceLandmarks | None], fps: float) ->
             break
         if all(abs(int(index) - p) >= fps for _, p in picks):
             picks.append(("mouth", int(index)))
-    for label, values in (("brows up", brow), ("brows down", -brow), ("gaze up", np.where(open_eyes, gaze, np.nan)),
-                          ("gaze down", np.where(open_eyes, -gaze, np.nan))):
+    for label, values in (("brows up", brow), ("brows down", -brow), ("gaze up", gaze), ("gaze down", -gaze)):
+        values = np.where(open_eyes, values, np.nan)
         if np.isfinite(values).any():
             picks.append((label, int(np.nanargmax(values))))
     return picks

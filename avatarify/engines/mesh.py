@@ -108,6 +108,9 @@ GAZE_SHARE = (0.25, 0.75)
 # higher or lower (astronaut, a real photo, a cartoon, two real drivers' first frames); more than
 # this distorts the iris visibly, and GAZE_SHARE bounds it anyway.
 GAZE_GAIN = 2.5
+# The vertical gaze fades out as the lids close from the second to the first share of their own
+# opening (looking down lowers the upper lid too, a blink shuts it).
+GAZE_OPEN = (0.4, 0.7)
 # An eye's fan is drawn as if this share of the face size deeper than its corners: behind the lid
 # skin around it (Face Mesh's lid and lash-ring depths differ by far less), in front of the head's
 # far side.
@@ -158,6 +161,7 @@ class _Gaze:
     across: float
     rest: np.ndarray
     share: float = 0.5  # the rest place's share of the way from the lower lid to the upper one
+    opening: float = 1.0  # the lids' distance across there, in the eye's frame (eye widths)
     # The slide of the photo's eye under a lid (see MeshAnimator._slides): the photo's own lid gap
     # at the iris (px), the unit vector from its lower lid to its upper one (complex, avatar px),
     # and per lid the vertices of its margin and how far (px) each may slide.
@@ -455,8 +459,10 @@ class MeshAnimator(Animator):
         points = self._avatar_points
         frame, iris = _eye_frame(points, eye)
         rig = _Gaze(eye, vertex, iris.real, iris.imag, np.zeros(2))
-        rig.rest, rig.share = self._iris_position(points, rig)
         lower, upper = _lids_across(points, eye, frame, iris.real)
+        rig.opening = max(abs(upper - lower), 1e-6)
+        rig.share = float(np.clip((iris.imag - lower) / (upper - lower), *GAZE_SHARE)) if abs(upper - lower) > 1e-6 else 0.5
+        rig.rest, _ = self._iris_position(points, rig)
         rig.gap = abs(upper - lower) * abs(frame[1])
         rig.up = complex(frame[1] * 1j * np.sign(upper - lower) / abs(frame[1]))
         vertex_of = {int(index): v for v, index in enumerate(self._warp_points)}
@@ -486,8 +492,13 @@ class MeshAnimator(Animator):
         along = float(np.clip(iris.real, gaze.along - IRIS_REACH, gaze.along + IRIS_REACH))
         lower, upper = _lids_across(points, eye, frame, along)
         across = gaze.across + GAZE_GAIN * (iris.imag - gaze.across)
-        share = (across - lower) / (upper - lower) if abs(upper - lower) > 1e-6 else 0.5
-        share = float(np.clip(share, *GAZE_SHARE))
+        share = (across - lower) / (upper - lower) if abs(upper - lower) > 1e-6 else gaze.share
+        # A closing eye keeps the iris at its own share between the lids (squashed under the lid
+        # as it comes down, as before vertical gaze): there Face Mesh's iris sinks with the lid,
+        # which is no gaze, and following it would slide the eye under the lower lid in every
+        # blink. (The real driving videos' eye r is the same either way, to 0.001.)
+        opened = float(_smoothstep((abs(upper - lower) / gaze.opening - GAZE_OPEN[0]) / (GAZE_OPEN[1] - GAZE_OPEN[0])))
+        share = float(np.clip(gaze.share + opened * (share - gaze.share), *GAZE_SHARE))
         position = frame[0] + complex(along, lower + share * (upper - lower)) * frame[1]
         return np.array([position.real, position.imag]), share
 
