@@ -37,11 +37,11 @@ in theirs, at most IRIS_REACH) and across it (looking down at notes, up), as far
 leave it inside the opening (GAZE_SHARE of the way between them), so a closing lid covers it
 instead of folding over it. Moving across, the photo's eye slides under the lid it moves toward
 (the fan is drawn behind the lids, and there samples the photo's eye shifted away from that lid),
-so the iris goes under the lid as a whole instead of being squashed against it. An earlier version re-painted an inpainted eyeball
-and a re-sampled iris under the lids: it differed from the photo even at rest (no dark rim under
-the lid, a softer iris), Face Mesh read those lids less faithfully (real driving videos, driver vs
-output eye-opening r 0.84 / 0.80 / 0.86 with it, 0.89 / 0.87 / 0.90 warp-only; bench/eye_stages.py),
-and it cost ~1 ms per frame at 256 px.
+so the iris goes under the lid as a whole instead of being squashed against it. An earlier
+version re-painted an inpainted eyeball and a re-sampled iris under the lids: it differed from the
+photo even at rest (no dark rim under the lid, a softer iris), Face Mesh read those lids less
+faithfully (real driving videos, driver vs output eye-opening r 0.84 / 0.80 / 0.86 with it, 0.89 /
+0.87 / 0.90 warp-only; bench/eye_stages.py), and it cost ~1 ms per frame at 256 px.
 """
 from __future__ import annotations
 
@@ -103,10 +103,11 @@ IRIS_REACH = 0.22  # how far along the eye the iris may move from the avatar's o
 # 0.8 px (at 0.15 / 0.85).
 GAZE_SHARE = (0.25, 0.75)
 # The iris vertex moves across the eye this many times as far as the driver's iris moved over their
-# eye's corner line. The fan can only slide the photo's iris between lids it touches (it cannot go
-# under them), and static Face Mesh reads an iris vertex moved by 0.08 eye widths as 0.005-0.019
-# higher or lower (astronaut, a real photo, a cartoon, two real drivers' first frames); more than
-# this distorts the iris visibly, and GAZE_SHARE bounds it anyway.
+# eye's corner line: static Face Mesh reads little of it. Moved by 0.08 eye widths without the slide
+# under the lid, it read 0.005-0.019 higher or lower (astronaut, a real photo, a cartoon, two real
+# drivers' first frames); with the slide, a glance 0.04 eye widths down (x2.5) reads 0.011-0.028
+# lower, one up only 0.000-0.009 higher (the drivers' frames). More gain distorts the iris
+# visibly, and GAZE_SHARE bounds it anyway.
 GAZE_GAIN = 2.5
 # The vertical gaze fades out as the lids close from the second to the first share of their own
 # opening (looking down lowers the upper lid too, a blink shuts it).
