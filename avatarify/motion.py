@@ -108,6 +108,8 @@ IRIS_POINTS = tuple(range(NUM_MESH_POINTS, NUM_LANDMARKS))
 # The ring just above each upper lid margin (MediaPipe's eye "upper 1" contour), point for point with
 # EyeIndices.upper_lid[1:-1]: between the two lie the lashes and the lid's edge.
 LASH_RINGS = ((247, 30, 29, 27, 28, 56, 190), (414, 286, 258, 257, 259, 260, 467))
+# Each brow (upper edge outer to inner, then lower edge), image left then right, the same side as EYES.
+BROWS = ((70, 63, 105, 66, 107, 46, 53, 52, 65, 55), (300, 293, 334, 296, 336, 276, 283, 282, 295, 285))
 
 
 def head_outline(points: np.ndarray) -> np.ndarray:
@@ -155,6 +157,35 @@ def eye_open_ratios(points: np.ndarray) -> tuple[float, float]:
 def eye_open_ratio(points: np.ndarray) -> float:
     """Mean lid gap over eye width of both eyes: ~0.3 open, ~0.05 closed (MediaPipe never reaches 0)."""
     return float(np.mean(eye_open_ratios(points)))
+
+
+def brow_heights(points: np.ndarray) -> tuple[float, float]:
+    """Per side (image left first) how high the brow sits over its eye's upper lid, along the face's
+    up direction (chin 152 to forehead 10), over the face height: ~0.1 at rest, more when raised.
+    The lid, not the eye corners, is the reference because a frown lowers the brows onto it."""
+    p = np.asarray(getattr(points, "points", points), dtype=np.float64)
+    up = p[FOREHEAD] - p[CHIN]
+    height = max(float(np.linalg.norm(up)), 1e-6)
+    up /= height
+    heights = []
+    for brow, eye in zip(BROWS, EYES):
+        lid = p[list(eye.upper_lid[1:-1])].mean(axis=0)
+        heights.append(float((p[list(brow)].mean(axis=0) - lid) @ up / height))
+    return heights[0], heights[1]
+
+
+def iris_heights(points: np.ndarray) -> tuple[float, float]:
+    """Per eye (image left first) the iris centre's height above the line through the eye's corners,
+    over the eye's width: > 0 looking up, < 0 looking down (and as a lid closes: Face Mesh's iris
+    sinks with it). Roll, shift and scale leave it unchanged."""
+    p = np.asarray(getattr(points, "points", points), dtype=np.float64)
+    heights = []
+    for eye in EYES:
+        corner = complex(*p[eye.corners[0]])
+        axis = complex(*p[eye.corners[1]]) - corner
+        # Both eyes' corners run image left to right, so with y down "up" is the negative imaginary part.
+        heights.append(float(-((complex(*p[eye.iris_centre]) - corner) / axis).imag))
+    return heights[0], heights[1]
 
 # ---------------------------------------------------------------------------------------------
 # Similarities as complex numbers
@@ -422,15 +453,26 @@ class MotionSettings:
     # For the head (mean move of the stable points) 0.005 (~0.65 px): Face Mesh shifts the whole
     # mesh by ~0.5 px as the mouth opens, which must not bob the head, hair and room while talking.
     head_deadband: float = 0.005
-    # Face Mesh never closes the lids fully (a shut eye still measures ~0.17 of its open gap), so
-    # driver eye openness below this share of the neutral's counts as shut.
-    eye_closed_below: float = 0.2
+    # Face Mesh never closes the lids fully: a real shut eye still measures 0.17 (the synthetic
+    # clips) to 0.5 (a real driver behind glasses) of its open gap, and on the engine's output a lid
+    # warped fully shut reads 0.24-0.68 (median 0.41) of the photo's open gap, a lid at half its gap
+    # 0.62-0.76 (six avatars: three real drivers' first frames, the astronaut, Grace Hopper, a real
+    # photo). Driver openness below this share of the neutral's therefore counts as shut, and
+    # above it the lid opens linearly: what Face Mesh reads on the avatar then follows what it reads
+    # on the driver at nearer full size (0.2 left the output's blinks at half the driver's). Not
+    # the median 0.41: Face Mesh lets the open eye follow a wink a little, and more would shut it.
+    eye_closed_below: float = 0.35
     # Eyes opened wider than the neutral move the avatar's upper lid this many times the driver's
-    # change. The mesh engine can only stretch the photo's eye (it has no more eyeball to show):
-    # static Face Mesh reads its lid opened 25% wider as 6-16% wider (one closed 30% as 11-18%
-    # closed, and closing already gets 1/(1 - eye_closed_below)). On the real driving videos
-    # (bench/eye_stages.py) 1.5 raised the driver-vs-output eye r by 0.003-0.023 per video.
-    eye_wider_gain: float = 1.5
+    # change. The mesh engine can only stretch the photo's eye (it has no more eyeball to show), and
+    # Face Mesh reads the output's lid opened 25% / 50% wider as 9-17% / 12-36% wider (same six
+    # avatars; median slope 0.55).
+    eye_wider_gain: float = 1.8
+    # The brows move this many times the driver's (scaled) move, for the same reason: Face Mesh reads
+    # a brow the engine moved by 0.03 face heights as 0.015-0.025 (median 0.021) higher or lower on
+    # five of those six avatars (Grace Hopper's brows, behind her glasses' rims, read less still).
+    # As for the eyes, what Face Mesh reads on the output then moves about as far as what it reads
+    # on the driver (on the real driving videos the brows' amplitude went from 0.71-0.86 to 0.93-1.05).
+    brow_gain: float = 1.4
 
 
 @dataclass
@@ -458,6 +500,7 @@ class MotionTransfer:
         self.settings = settings or MotionSettings()
         self._filter = OneEuroFilter(self.settings.min_cutoff, self.settings.beta, self.settings.d_cutoff)
         self._stable = np.array(STABLE_POINTS)
+        self._brows = [np.array(brow) for brow in BROWS]
         self._avatar: np.ndarray | None = None  # (478, 3) x, y, z avatar px
         self._avatar_pivot = np.zeros(3)
         self._avatar_has_depth = False
@@ -555,6 +598,8 @@ class MotionTransfer:
             expression = np.zeros_like(expression)
         else:
             expression = self._with_eye_openness(expression, undone, k)
+            for brow in self._brows:
+                expression[brow] *= self.settings.brow_gain
         moved = head(self._avatar + expression)
         return MotionTarget(moved[:, :2].astype(np.float32), head.similarity(),
                             expression[:, :2].astype(np.float32), moved[:, 2].astype(np.float32), head)

@@ -1,5 +1,5 @@
 """The mesh engine: Animator contract, warp accuracy, identity, 3-D head turns drawn in depth order, the
-head layered over the room, the mouth interior, clear errors."""
+head layered over the room, the mouth interior, brows and vertical gaze re-measured on the output, clear errors."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -12,9 +12,10 @@ from avatarify.datatypes import DrivingFrame
 from avatarify.engines.base import AnimatorError
 from avatarify.engines import mesh as mesh_module
 from avatarify.engines.mesh import MeshAnimator
-from avatarify.motion import (EYES, FACE_OVAL, INNER_LIPS, NUM_MESH_POINTS, OUTER_LIPS, MotionTarget, Pose3D,
-                              Similarity, eye_open_ratios, head_pivot, rotation_from_angles)
-from bench.clips import make_clip, track_landmarks, truth_series
+from avatarify.motion import (BROWS, EYES, FACE_OVAL, INNER_LIPS, NUM_MESH_POINTS, OUTER_LIPS, MotionTarget, Pose3D,
+                              Similarity, brow_heights, eye_open_ratios, head_pivot, iris_heights,
+                              rotation_from_angles)
+from bench.clips import face_rig, make_clip, track_landmarks, truth_series
 from bench.mesh_perf import avatar_of, driving_frames, synthetic_target
 from bench.quality import fold_share
 
@@ -71,7 +72,8 @@ def test_warp_lands_avatar_landmarks_on_their_targets(avatars, photo, size):
     """The backward map at each target landmark must point back at that landmark on the avatar:
     within 0.5 px at the points the warp's mesh is built on, and within 0.8% of the face width at
     the others (the warp interpolates them; the test's expression field has shorter waves than
-    faces make)."""
+    faces make). The lid margins within 1 px: the field moves the irises across the eyes, so the
+    photo's eye slides under a lid, and the map, cut there, is smoothed over one grid step."""
     engine = engine_for(avatars, photo, size)
     points = avatars[(photo, size)][1].points
     error = engine.landing_error(synthetic_target(points, size))
@@ -80,7 +82,10 @@ def test_warp_lands_avatar_landmarks_on_their_targets(avatars, photo, size):
     warp = engine._warp_points  # noqa: SLF001
     on_mesh[warp[warp < NUM_MESH_POINTS]] = True  # the irises are vertices too, placed by the gaze
     assert on_mesh.sum() > 200
-    assert np.nanmax(error[on_mesh]) <= 0.5, f"median {np.nanmedian(error):.3f} px"
+    lids = np.zeros(NUM_MESH_POINTS, bool)
+    lids[[i for eye in EYES for i in eye.opening]] = True
+    assert np.nanmax(error[on_mesh & ~lids]) <= 0.5, f"median {np.nanmedian(error):.3f} px"
+    assert np.nanmax(error[lids]) <= 1.0
     assert np.nanmax(error) <= 0.008 * float(np.ptp(points[:NUM_MESH_POINTS, 0]))
 
 
@@ -261,6 +266,68 @@ def test_the_avatar_looks_where_the_driver_looks(avatars):
     avatar_bgr, landmarks = avatars[("astronaut", 256)]
     rest = engine_for(avatars, "astronaut", 256).animate(DrivingFrame(avatar_bgr, landmarks, 0.0))
     np.testing.assert_array_equal(rest, avatar_bgr)
+
+
+def _still_head() -> np.ndarray:
+    return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def _held(avatars, frames):
+    """The driver's neutral frame, then their expression held for a third of a second (the smoothing
+    settles): the driver's tracking-mode landmarks of both and the astronaut's output at each,
+    re-measured by static Face Mesh."""
+    held = [frames[0]] + [frames[1]] * 10
+    driver = track_landmarks(held)
+    clip = driving_frames(held, driver)
+    engine = engine_for(avatars, "astronaut", 256, clip[0])
+    outputs = [engine.animate(driving) for driving in clip]
+    return [driver[0], driver[-1]], track_landmarks([outputs[0], outputs[-1]], static=True)
+
+
+def test_raised_brows_lift_the_avatars_brows(avatars):
+    """Grace Hopper raises her brows (the clip's brow lift, real tracking-mode landmarks): the
+    astronaut's brows, re-measured by static Face Mesh on the output, rise over their lids on both
+    sides, at least 0.6 times as far as the driver's (in face heights)."""
+    rig = face_rig("grace_hopper", 256)
+    frames = [rig.render_frame(0.0, 1.0, (0.0, 0.0), _still_head(), brow=b) for b in (0.0, 1.0)]
+    driver, shown = _held(avatars, frames)
+    driven_rise = np.subtract(brow_heights(driver[1].points), brow_heights(driver[0].points))
+    shown_rise = np.subtract(brow_heights(shown[1].points), brow_heights(shown[0].points))
+    assert (driven_rise > 0.02).all()  # the clip does raise them
+    assert (shown_rise > 0.6 * driven_rise).all(), (driven_rise, shown_rise)
+
+
+def test_a_frown_lowers_the_avatars_brows_inner_ends_most(avatars):
+    """The astronaut's own landmarks with the brows pulled down, the inner ends most (a frown): the
+    output, re-measured by static Face Mesh, shows both brows lower over their lids, their inner
+    ends dropped more than their outer ones."""
+    avatar_bgr, landmarks = avatars[("astronaut", 256)]
+    points = landmarks.points.copy()
+    height = float(np.linalg.norm(points[10] - points[152]))
+    for brow in BROWS:
+        inner, outer = list(brow[3:5] + brow[8:10]), list(brow[:3] + brow[5:8])
+        points[inner, 1] += 0.04 * height
+        points[outer, 1] += 0.015 * height
+    engine = engine_for(avatars, "astronaut", 256, DrivingFrame(avatar_bgr, landmarks, 0.0))
+    output = engine.animate(DrivingFrame(avatar_bgr, replace(landmarks, points=points), 0.0))
+    rest, frown = (lm.points for lm in track_landmarks([avatar_bgr, output], static=True))
+    assert (np.subtract(brow_heights(frown), brow_heights(rest)) < -0.01).all()
+    drop = frown[:, 1] - rest[:, 1]
+    for brow in BROWS:  # 107 and 336 end the brows' upper edges at the nose, 70 and 300 at the temples
+        assert drop[brow[4]] > drop[brow[0]] + 1.0
+
+
+def test_looking_down_lowers_the_avatars_irises(avatars):
+    """The astronaut looks down (the clip moves her irises by 0.12 eye widths; real tracking-mode
+    landmarks): her avatar's irises, re-measured by static Face Mesh on the output, sit lower over
+    their eyes' corner lines, by at least 0.01 eye widths on average and in each eye."""
+    rig = face_rig("astronaut", 256)
+    frames = [rig.render_frame(0.0, 1.0, (0.0, g), _still_head()) for g in (0.0, 0.12)]
+    driver, shown = _held(avatars, frames)
+    driven = np.subtract(iris_heights(driver[1].points), iris_heights(driver[0].points))
+    lowered = np.subtract(iris_heights(shown[1].points), iris_heights(shown[0].points))
+    assert (driven < -0.01).all()  # the driver's irises do read lower
+    assert (lowered < 0.0).all() and lowered.mean() < -0.01, (driven, lowered)
 
 
 def test_avatar_without_a_face_is_one_clear_error():

@@ -339,7 +339,7 @@ def test_a_squint_raises_the_lower_lid_and_narrows_the_eye():
 @pytest.mark.parametrize("direction", [-1.0, 1.0])
 def test_brows_raise_and_frown(direction):
     """Driver brows up 5 px (raise) or down and in (frown): the avatar's brows go the same way,
-    7.5 px (adapt-scale 1.5); the eyes stay."""
+    7.5 px (adapt-scale 1.5) times brow_gain; the eyes stay."""
     def brows(p):
         p[list(LEFT_BROW + RIGHT_BROW), 1] += 5.0 * direction
         if direction > 0:  # a frown also pulls the brows together
@@ -347,10 +347,12 @@ def test_brows_raise_and_frown(direction):
             p[list(RIGHT_BROW), 0] -= 2.0
     before, after = _feature_target(brows)
     lift = (after[list(LEFT_BROW + RIGHT_BROW), 1] - before[list(LEFT_BROW + RIGHT_BROW), 1]).mean()
-    assert lift == pytest.approx(7.5 * direction, abs=0.5)
+    gain = MotionSettings().brow_gain
+    assert gain > 1.0
+    assert lift == pytest.approx(7.5 * gain * direction, abs=0.5)
     if direction > 0:
-        assert (after[list(LEFT_BROW), 0] - before[list(LEFT_BROW), 0]).mean() > 2.0
-        assert (after[list(RIGHT_BROW), 0] - before[list(RIGHT_BROW), 0]).mean() < -2.0
+        assert (after[list(LEFT_BROW), 0] - before[list(LEFT_BROW), 0]).mean() > 2.0 * gain
+        assert (after[list(RIGHT_BROW), 0] - before[list(RIGHT_BROW), 0]).mean() < -2.0 * gain
     np.testing.assert_allclose(_eye_gaps(after), _eye_gaps(before), atol=0.05)
 
 

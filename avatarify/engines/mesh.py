@@ -10,35 +10,40 @@ Per avatar (`set_avatar`), everything that does not depend on the driver is prec
   - the mesh: Delaunay over about half of the 468 face points (every feature contour, evenly spaced
     points between: `warp_points`), a ring around the head (the face oval pushed out and stretched
     up over the skull, then grown over the hair the person mask shows; it moves with the head's
-    outline), a still ring a fade length outside it, and points on the ROI's border (fixed inside
-    the picture, sliding along its edge where the picture cuts the head). Face vertices carry Face
-    Mesh's depth; the ring lies in the plane of the head's outline. Each iris centre is a vertex
-    too, and its eye opening a fan of triangles around it, so a gaze moves the photo's own iris;
-  - the head as a layer over the room: a matte (MediaPipe's person mask inside the head outline,
-    fading into the still neck below the chin) and a room plate (the photo with the head
-    inpainted at low resolution), so a moving head uncovers room instead of stretching the wall,
-    the hair or the shirt beside it;
+    outline), fade rings outside it whose share of the head's motion falls as a smoothstep to a
+    still ring half a face size out (a quarter of that over the room beside the head, where the
+    person mask shows none), and points on the ROI's border (fixed inside the photo, sliding
+    along the picture's own edge where it cuts the head). Hair, cloth and collar so bend smoothly
+    between the head's motion and the body's: an earlier head layer over an inpainted room plate
+    cut them in a hard line (hair on the shoulders, a headscarf, a collar) and showed the plate's
+    low resolution. Face vertices carry Face Mesh's depth; the ring lies in the plane of the
+    head's outline. Each iris centre is a vertex too, and its eye opening a fan of triangles
+    around it, so a gaze moves the photo's own iris. The warp samples only the photo's own pixels
+    (`photo_box`: never the call framing's fill beside a narrow photo);
   - the mouth's colours.
 
 Per frame (`animate`): motion.py gives the target landmarks, their depth and the head's 3-D pose.
 The moved mesh is drawn on a reduced grid over the ROI (one sample per few pixels) back to front:
-the room, the outline's band, then the face's triangles from far to near; a triangle whose
+the room, the outline's band, then the face's triangles from far to near; a face triangle whose
 orientation flipped shows its back and is not drawn, so a turned head hides its far side instead of
-folding it. Each grid sample takes its triangle's affine map (target → source); the map is
-upsampled and applied by one cv2.remap, and the warped head is blended over the room plate by its
-moved matte, only within the box of pixels that can change. Then, where the driver opens the mouth
+folding it (a flipped triangle of the room, the band or the face's outermost row is a squeeze, and
+is drawn: left out, it opened a hole). Each grid sample takes its triangle's affine map (target → source); the map is
+upsampled and applied by one cv2.remap, only within the box of pixels that can change. Then, where the driver opens the mouth
 wider than the avatar: the mouth interior, the driver's own teeth and tongue from the driving frame
 (inside their inner lips, eroded, so their lips never show), colour-matched, over a shaded cavity,
 faded in with the opening.
 
 The eyes are the warp's: blinks, winks and widening move the lids (with their lashes) and the photo's
 own eye between them; a gaze moves the iris vertex along the eye (as far as the driver's iris moves
-in theirs, at most IRIS_REACH), across it the iris keeps its share of the way between the lids, so a
-closing lid covers it instead of folding over it. An earlier version re-painted an inpainted eyeball
-and a re-sampled iris under the lids: it differed from the photo even at rest (no dark rim under
-the lid, a softer iris), Face Mesh read those lids less faithfully (real driving videos, driver vs
-output eye-opening r 0.84 / 0.80 / 0.86 with it, 0.89 / 0.87 / 0.90 warp-only; bench/eye_stages.py),
-and it cost ~1 ms per frame at 256 px.
+in theirs, at most IRIS_REACH) and across it (looking down at notes, up), as far as the moved lids
+leave it inside the opening (GAZE_SHARE of the way between them), so a closing lid covers it
+instead of folding over it. Moving across, the photo's eye slides under the lid it moves toward
+(the fan is drawn behind the lids, and there samples the photo's eye shifted away from that lid),
+so the iris goes under the lid as a whole instead of being squashed against it. An earlier
+version re-painted an inpainted eyeball and a re-sampled iris under the lids: it differed from the
+photo even at rest (no dark rim under the lid, a softer iris), Face Mesh read those lids less
+faithfully (real driving videos, driver vs output eye-opening r 0.84 / 0.80 / 0.86 with it, 0.89 /
+0.87 / 0.90 warp-only; bench/eye_stages.py), and it cost ~1 ms per frame at 256 px.
 """
 from __future__ import annotations
 
@@ -97,7 +102,24 @@ CAVITY_EDGE_BGR = np.array([38, 36, 92], np.float32)
 CAVITY_BACK_BGR = np.array([14, 12, 28], np.float32)
 TEETH_BGR = np.array([170, 188, 200], np.float32)
 IRIS_REACH = 0.22  # how far along the eye the iris may move from the avatar's own place, in eye widths
-GAZE_SHARE = (0.15, 0.85)  # the iris stays this far between the lower (0) and upper (1) lid
+# The iris centre stays this far between the lower (0) and upper (1) lid: nearer a lid the fan's
+# triangles beside it are squashed so thin that the grid's map misses the lid's landmarks by up to
+# 0.8 px (at 0.15 / 0.85).
+GAZE_SHARE = (0.25, 0.75)
+# The iris vertex moves across the eye this many times as far as the driver's iris moved over their
+# eye's corner line: static Face Mesh reads little of it. Moved by 0.08 eye widths without the slide
+# under the lid, it read 0.005-0.019 higher or lower (astronaut, a real photo, a cartoon, two real
+# drivers' first frames); with the slide, a glance 0.04 eye widths down (x2.5) reads 0.011-0.028
+# lower, one up only 0.000-0.009 higher (the drivers' frames). More gain distorts the iris
+# visibly, and GAZE_SHARE bounds it anyway.
+GAZE_GAIN = 2.5
+# The vertical gaze fades out as the lids close from the second to the first share of their own
+# opening (looking down lowers the upper lid too, a blink shuts it).
+GAZE_OPEN = (0.4, 0.7)
+# An eye's fan is drawn as if this share of the face size deeper than its corners: behind the lid
+# skin around it (Face Mesh's lid and lash-ring depths differ by far less), in front of the head's
+# far side.
+FAN_BEHIND = 0.02
 
 
 @dataclass
@@ -135,14 +157,23 @@ class _Grid:
 @dataclass
 class _Gaze:
     """One eye's iris as a mesh vertex (gaze): its vertex, the avatar's iris place along the eye and
-    across it between the lids (see MeshAnimator._gaze_rig), and its position for the avatar's own
-    landmarks (moves are taken relative to it, so the avatar at rest stays exact)."""
+    across it (in the eye's frame, see _eye_frame), and its position for the avatar's own landmarks
+    (moves are taken relative to it, so the avatar at rest stays exact)."""
 
     indices: EyeIndices
     vertex: int
     along: float
-    share: float
+    across: float
     rest: np.ndarray
+    share: float = 0.5  # the rest place's share of the way from the lower lid to the upper one
+    opening: float = 1.0  # the lids' distance across there, in the eye's frame (eye widths)
+    # The slide of the photo's eye under a lid (see MeshAnimator._slides): the photo's own lid gap
+    # at the iris (px), the unit vector from its lower lid to its upper one (complex, avatar px),
+    # and per lid the vertices of its margin and how far (px) each may slide.
+    gap: float = 0.0
+    up: complex = -1j
+    lids: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    reach: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
 
 
 def _eye_frame(points: np.ndarray, eye: EyeIndices) -> tuple[tuple[complex, complex], complex]:
@@ -353,10 +384,14 @@ class MeshAnimator(Animator):
         triangles = np.asarray(others, np.int32)[Delaunay(self._vertices_src[others].astype(np.float64)).simplices]
         triangles, self._gaze_eyes = self._eye_fans(triangles, iris_vertices)
         # Drawing layers, back to front: the room (triangles touching the still ring or the ROI
-        # border), the head outline's band (hair, ears, neck), the face (sorted by depth per frame).
+        # border), the head outline's band (hair, ears, neck), the face (sorted by depth per frame;
+        # the eyes' fans count FAN_BEHIND face sizes deeper: the eyeballs lie behind the lids, and
+        # where a fan slides under a lid the lid's edge is drawn over it).
         outer = (triangles >= self._num_moving).any(axis=1)
         face = (triangles < faces).all(axis=1)
         self._tri = triangles
+        self._tri_fan = np.isin(triangles, iris_vertices).any(axis=1)
+        self._fan_behind = np.where(self._tri_fan, FAN_BEHIND * face_size, 0.0)
         self._tri_layer = np.where(outer, 0, np.where(face, 2, 1)).astype(np.int32)
         self._tri_sign = np.sign(self._signed_areas(self._vertices_src[triangles]))
         on_outline = np.isin(triangles, np.flatnonzero(np.isin(self._warp_points, list(FACE_OVAL)))).any(axis=1)
@@ -441,28 +476,74 @@ class MeshAnimator(Animator):
         return triangles, gaze_eyes
 
     def _gaze_rig(self, eye: EyeIndices, vertex: int) -> _Gaze:
-        """Where the avatar's iris sits in its eye: along the eye and across it, as a share of the way
-        from the lower lid to the upper one."""
+        """Where the avatar's iris sits along its eye, and where the iris vertex sits at rest."""
         points = self._avatar_points
         frame, iris = _eye_frame(points, eye)
+        rig = _Gaze(eye, vertex, iris.real, iris.imag, np.zeros(2))
         lower, upper = _lids_across(points, eye, frame, iris.real)
-        share = (iris.imag - lower) / (upper - lower) if abs(upper - lower) > 1e-6 else 0.5
-        rig = _Gaze(eye, vertex, iris.real, float(np.clip(share, *GAZE_SHARE)), np.zeros(2))
-        rig.rest = self._iris_position(points, rig)
+        rig.opening = max(abs(upper - lower), 1e-6)
+        rig.share = float(np.clip((iris.imag - lower) / (upper - lower), *GAZE_SHARE)) if abs(upper - lower) > 1e-6 else 0.5
+        rig.rest, _ = self._iris_position(points, rig)
+        rig.gap = abs(upper - lower) * abs(frame[1])
+        rig.up = complex(frame[1] * 1j * np.sign(upper - lower) / abs(frame[1]))
+        vertex_of = {int(index): v for v, index in enumerate(self._warp_points)}
+        lids, reach = [], []
+        for lid in (eye.lower_lid[1:-1], eye.upper_lid[1:-1]):
+            lids.append(np.array([vertex_of[i] for i in lid], np.int64))
+            # Each margin point slides at most half the photo's own gap there: its source stays
+            # inside the photo's eye (at the corners, where the gap closes, it does not slide).
+            at = (points[list(lid), 0] + 1j * points[list(lid), 1] - frame[0]) / frame[1]
+            gaps = [abs(np.subtract(*_lids_across(points, eye, frame, float(a.real)))) for a in at]
+            reach.append(0.5 * np.array(gaps) * abs(frame[1]))
+        rig.lids, rig.reach = (lids[0], lids[1]), (reach[0], reach[1])
         return rig
 
     @staticmethod
-    def _iris_position(points: np.ndarray, gaze: _Gaze) -> np.ndarray:
+    def _iris_position(points: np.ndarray, gaze: _Gaze) -> tuple[np.ndarray, float]:
         """The iris centre for these landmarks: along the eye where their iris is, at most IRIS_REACH
-        from the avatar's own place (a tracking glitch cannot roll it out); across, at the avatar's
-        own share of the way between the lids, so it stays between them and a closing lid covers it
-        (Face Mesh's iris sinks as the lid closes; following it down would fold the lid)."""
+        from the avatar's own place (a tracking glitch cannot roll it out); across, where their iris
+        is (the driver's vertical gaze: its height over the corners moved as the driver's), but no
+        nearer either lid than GAZE_SHARE of the way between them where it then stands. A closing lid
+        pushes it ahead (Face Mesh's iris sinks with the lid, and the lid covers it) instead of
+        folding over it, and looking down, where the lid drops with the eye, keeps it visible. The
+        move across is GAZE_GAIN times the driver's (see there). Also returns where it then stands
+        between the lids (0: lower, 1: upper)."""
         eye = gaze.indices
         frame, iris = _eye_frame(points, eye)
         along = float(np.clip(iris.real, gaze.along - IRIS_REACH, gaze.along + IRIS_REACH))
         lower, upper = _lids_across(points, eye, frame, along)
-        position = frame[0] + complex(along, lower + gaze.share * (upper - lower)) * frame[1]
-        return np.array([position.real, position.imag])
+        across = gaze.across + GAZE_GAIN * (iris.imag - gaze.across)
+        share = (across - lower) / (upper - lower) if abs(upper - lower) > 1e-6 else gaze.share
+        # A closing eye keeps the iris at its own share between the lids (squashed under the lid
+        # as it comes down, as before vertical gaze): there Face Mesh's iris sinks with the lid,
+        # which is no gaze, and following it would slide the eye under the lower lid in every
+        # blink. (The real driving videos' eye r is the same either way, to 0.001.)
+        opened = float(_smoothstep((abs(upper - lower) / gaze.opening - GAZE_OPEN[0]) / (GAZE_OPEN[1] - GAZE_OPEN[0])))
+        share = float(np.clip(gaze.share + opened * (share - gaze.share), *GAZE_SHARE))
+        position = frame[0] + complex(along, lower + share * (upper - lower)) * frame[1]
+        return np.array([position.real, position.imag]), share
+
+    def _slides(self, shares: list[float]) -> np.ndarray | None:
+        """Per vertex, how far (avatar px) the eye's fan samples the photo beside its lid margin:
+        where the iris moves toward a lid (looking down: the lower one), the photo's eye slides under
+        that lid (its margin's fan corners sample the photo's eye the iris's move away from the
+        margin), so the iris goes under the lid as a whole instead of being squashed against it; the
+        other half of the fan stretches. None: no eye slides."""
+        slides = None
+        for gaze, share in zip(self._gaze_eyes, shares):
+            move = share - gaze.share
+            if abs(move) < 1e-4:
+                continue
+            side = 0 if move < 0.0 else 1  # toward the lower lid (0) or the upper one (1)
+            # The iris's move relative to the lids in the photo's own px: that lid's margin samples
+            # that far into the eye.
+            into = gaze.up if side == 0 else -gaze.up
+            amount = np.minimum(abs(move) * gaze.gap, gaze.reach[side])
+            if slides is None:
+                slides = np.zeros((len(self._vertices_src), 2))
+            slides[gaze.lids[side], 0] += amount * into.real
+            slides[gaze.lids[side], 1] += amount * into.imag
+        return slides
 
     def _on_photo_edge(self, ring: np.ndarray, grid: _Grid) -> np.ndarray:
         """(R, 2) bool: ring points that lie on the photo's own edge (a head the photo cuts), per
@@ -707,7 +788,7 @@ class MeshAnimator(Animator):
         """The (rows, cols) the engine may change; outside it the output is the avatar."""
         return self._grid.slices
 
-    def _vertex_targets(self, target: MotionTarget) -> tuple[np.ndarray, np.ndarray]:
+    def _vertex_targets(self, target: MotionTarget) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Where every mesh vertex goes and how deep it then lies: face points to the targets, ring
         points with the head outline (and with what of the face outline's expression the skin
         between cannot take up), border points nowhere (or sliding with the head on the image's
@@ -717,15 +798,18 @@ class MeshAnimator(Animator):
         vertices = self._vertices_src.copy()
         faces = len(self._warp_points)
         vertices[:faces - len(EYES)] = target.points[self._warp_points[:-len(EYES)]]
+        shares = []
         for gaze in self._gaze_eyes:  # relative to its place for the avatar's own landmarks: exact at rest
-            vertices[gaze.vertex] += self._iris_position(target.points, gaze) - gaze.rest
+            position, share = self._iris_position(target.points, gaze)
+            vertices[gaze.vertex] += position - gaze.rest
+            shares.append(share)
         vertices[faces:self._num_moving] = ring
         ring_motion = ring - self._ring_src
         vertices[self._num_moving:] += self._edge_share * ring_motion[self._edge_nearest]
         depth = self._vertex_depth + target.pose.shift[2]
         if target.depth is not None:
             depth[:faces] = target.depth[self._warp_points]
-        return vertices, depth
+        return vertices, depth, self._slides(shares)
 
     def _ring_expression(self, target: MotionTarget) -> np.ndarray:
         """The ring's share of what the face outline does beyond the head's similarity (a dropping
@@ -760,7 +844,7 @@ class MeshAnimator(Animator):
         its triangle's affine map (target → source); samples no moved triangle covers stay put.
         """
         grid = self._grid
-        vertices, depth = self._vertex_targets(target)
+        vertices, depth, slides = self._vertex_targets(target)
         moved = (vertices != self._vertices_src).any(axis=1)
         drawn = moved[self._tri].any(axis=1)
         if not drawn.any():
@@ -775,13 +859,19 @@ class MeshAnimator(Animator):
         # turned cheek. Drawn, it is a sliver of the edge folded over itself.
         facing = (areas * self._tri_sign[drawn] > FLIP_AREA_PX2) | self._tri_unculled[drawn]
         tri, corners, layer = tri[facing], corners[facing], self._tri_layer[drawn][facing]
-        order = np.lexsort((-depth[tri].mean(axis=1), layer))  # by layer, then far (large z) first
+        fans = self._tri_fan[drawn][facing]
+        far = depth[tri].mean(axis=1) + self._fan_behind[drawn][facing]
+        order = np.lexsort((-far, layer))  # by layer, then far (large z) first
         tri, corners = tri[order], corners[order]
+        sources = self._vertices_src[tri].astype(np.float64)
+        if slides is not None:  # the eyes' fans sample the photo's eye slid under a lid
+            fans = fans[order]
+            sources[fans] += slides[tri[fans]]
         ids = self._rasterized(corners, grid)
         self.last_triangles = np.where(ids < len(tri), ids, -1)
         # Per triangle the affine map less the identity; one more row (all 0) for samples no moved
         # triangle covers, which the rasterizer leaves at that index.
-        affine = self._target_to_source(corners, self._vertices_src[tri].astype(np.float64)).reshape(-1, 6)
+        affine = self._target_to_source(corners, sources).reshape(-1, 6)
         affine[:, [0, 4]] -= 1.0
         coefficients = np.zeros((len(tri) + 1, 6), np.float32)
         coefficients[:len(tri)] = affine
