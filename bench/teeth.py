@@ -147,18 +147,18 @@ def measured(images: Sequence[np.ndarray], indices: Sequence[int]) -> dict[int, 
 def drive(avatar: tuple[np.ndarray, FaceLandmarks], driving: Sequence[DrivingFrame],
           keep: set[int]) -> tuple[dict[int, np.ndarray], float]:
     """The mesh engine's outputs at the `keep` frames (every frame is animated: the motion is
-    smoothed over time) and the median ms per frame its mouth painting took where it painted."""
+    smoothed over time) and the median ms its mouth painting took per `keep` frame."""
     from avatarify.engines.mesh import MeshAnimator
 
     engine = MeshAnimator()
     engine.set_avatar(*avatar)
     engine.set_neutral(driving[0])
-    paint, costs = engine._paint_mouth, []
+    paint, costs = engine._paint_mouth, {}
 
     def timed(*args, **kwargs):
         start = time.perf_counter()
         paint(*args, **kwargs)
-        costs.append(1000.0 * (time.perf_counter() - start))
+        costs[index] = costs.get(index, 0.0) + 1000.0 * (time.perf_counter() - start)
 
     engine._paint_mouth = timed  # the bench's own stopwatch on the one stage it judges
     outputs = {}
@@ -166,7 +166,7 @@ def drive(avatar: tuple[np.ndarray, FaceLandmarks], driving: Sequence[DrivingFra
         output = engine.animate(frame)
         if index in keep:
             outputs[index] = output
-    painted = [c for c in costs if c > 0.02]  # a closed mouth returns at once
+    painted = [costs.get(i, 0.0) for i in keep]
     return outputs, float(np.median(painted)) if painted else 0.0
 
 

@@ -402,7 +402,8 @@ def test_mouth_interior_comes_from_the_drivers_mouth_and_never_their_lips(avatar
     bgr = painted.astype(np.int16)
     greenish = (bgr[..., 1] - np.maximum(bgr[..., 0], bgr[..., 2])) > 60
     assert greenish.sum() == 0
-    outside = ~cv2.dilate(inner, np.ones((3, 3), np.uint8)).astype(bool)
+    # The interior fades out over the lips' inner edge (a px or two), and nowhere beyond.
+    outside = ~cv2.dilate(inner, np.ones((5, 5), np.uint8)).astype(bool)
     np.testing.assert_array_equal(painted[outside], plain[outside])
 
 

@@ -86,9 +86,25 @@ PLATE_SIDE = 128  # the room behind the head is inpainted at about this resoluti
 CAVITY_START = 0.02  # mouth-open ratio above the avatar's own at which the cavity starts to show
 CAVITY_FULL = 0.08  # ... and at which it is fully shown
 # The driver's mouth interior is used inside their inner lips eroded by this share of their lip gap
-# (their lips never show), colour-matched by a per-channel gain within this range.
+# (their lips never show), its colours carried out to the avatar's inner lips (no dark cavity ring
+# between them), lit as the avatar: their skin's brightness matched by a gain within this range.
 MOUTH_INSET = 0.12
 MOUTH_GAIN_RANGE = (0.6, 1.6)
+# The white balance of the interior follows the avatar's picture by at most this much per channel:
+# a grey-world estimate mistakes a picture's colours (warm skin, a varnished painting, a red wall)
+# for its light, and a per-channel gain of a few % already tints white teeth (saturation rises by
+# about the channels' gain spread).
+MOUTH_WHITE_REACH = 0.03
+CHEEKS = (50, 280, 118, 347)  # below the eyes, above any beard: the skin whose brightness is matched
+# The avatar's moustache hangs over the opened mouth: pixels darker than this share of its cheeks'
+# grey, hanging unbroken from the upper lip's middle, in blobs wider than MOUSTACHE_MIN_WIDTH face
+# sizes (thinner dark lines are the closed lips' seam and its shadow), drawn over the interior.
+MOUSTACHE_DARK = 0.65
+MOUSTACHE_MIN_WIDTH = 0.02
+# The upper lip's outer and inner contours: the moustache moves with them as one piece.
+UPPER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
+MOUTH_FEATHER = 0.003  # the interior's edge fades over the lips' inner edge (Gaussian sigma, face sizes)
+GREY_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BGR weights of grey (Rec. 601, as cv2's)
 
 # Cavity colours, BGR: dark red-brown at the lips fading to near-black at the back of the mouth.
 CAVITY_EDGE_BGR = np.array([38, 36, 92], np.float32)
@@ -168,6 +184,11 @@ class _MouthRig:
     open_ratio: float  # the avatar's own inner-lip gap over mouth width
     edge_bgr: np.ndarray  # cavity colour next to the lips (tinted by the avatar's lips)
     lip_bgr: np.ndarray  # the avatar's median lip colour
+    skin_grey: float  # the avatar's cheeks' grey level (the interior's brightness follows it)
+    white_bgr: np.ndarray  # the avatar picture's grey-world white point, unit grey
+    hair: np.ndarray | None = None  # float32 [0, 1] moustache over the lips (avatar px), or None
+    hair_bgr: np.ndarray | None = None  # the avatar's pixels under `hair`
+    hair_origin: tuple[int, int] = (0, 0)  # avatar px (x, y) of `hair`'s first pixel
 
 
 def _polygon_mask(points: np.ndarray, origin: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
@@ -596,7 +617,11 @@ class MeshAnimator(Animator):
         lip_bgr = np.median(avatar_bgr[lips], axis=0).astype(np.float32) if lips.any() else CAVITY_EDGE_BGR
         # The cavity next to the lips is a shadowed continuation of the lips' own hue.
         edge = 0.5 * CAVITY_EDGE_BGR + 0.5 * 0.35 * lip_bgr
-        self._mouth = _MouthRig(mouth_open_ratio(points), edge.astype(np.float32), lip_bgr)
+        skin = self._skin_grey(avatar_bgr, points)
+        hair, (hx, hy) = self._moustache(avatar_bgr, points, skin)
+        hair_bgr = None if hair is None else avatar_bgr[hy:hy + hair.shape[0], hx:hx + hair.shape[1]].astype(np.float32)
+        self._mouth = _MouthRig(mouth_open_ratio(points), edge.astype(np.float32), lip_bgr, skin,
+                                self._white_point(avatar_bgr, points), hair, hair_bgr, (hx, hy))
 
     # ------------------------------------------------------------------------------------------
     # Per calibration
@@ -604,7 +629,7 @@ class MeshAnimator(Animator):
         if driving.landmarks is None:
             raise AnimatorError("No face in the driving frame; look at the camera and calibrate again.")
         self.motion.set_neutral(driving.landmarks.points, driving.landmarks.depth)
-        # The driver's light and white balance, once per calibration, from their lips.
+        # The driver's light and white balance, once per calibration, from their cheeks and picture.
         self._mouth_gain = self._colour_gain(driving.crop_bgr, np.asarray(driving.landmarks.points, np.float64))
 
     # ------------------------------------------------------------------------------------------
@@ -907,32 +932,38 @@ class MeshAnimator(Animator):
             return
         height, width = warped.shape[:2]
         lips = points[list(INNER_LIPS)] - origin
-        x0, y0, x1, y1 = _box_around(lips, 2.0, (0, 0, width, height))
+        feather = max(MOUTH_FEATHER * self._face_size, 0.5)
+        x0, y0, x1, y1 = _box_around(lips, 2.0 + 2.0 * feather, (0, 0, width, height))
         if x1 - x0 < 3 or y1 - y0 < 3:
             return
         mask = _polygon_mask(lips, (x0, y0), (y1 - y0, x1 - x0))
         interior = self._cavity(mask, points, origin + (x0, y0))
         if driving is not None and driving.landmarks is not None:
-            driver, driver_alpha = self._driver_mouth(driving, lips - (x0, y0), (x1 - x0, y1 - y0))
+            driver, share = self._driver_mouth(driving, lips - (x0, y0), (x1 - x0, y1 - y0))
             if driver is not None:
-                share = (driver_alpha * mask)[..., None]
-                interior = interior + share * (driver - interior)
-        alpha = (mask * strength)[..., None]
+                interior = interior + share[..., None] * (driver - interior)
+        hair = self._hair_over(points, origin + (x0, y0), (x1 - x0, y1 - y0))
+        if hair is not None:
+            interior = interior + hair[1][..., None] * (hair[0] - interior)
+        # Full inside the inner lips, fading out over their edge: a cut edge reads as a hole.
+        alpha = (np.maximum(mask, cv2.GaussianBlur(mask, (0, 0), feather)) * strength)[..., None]
         region = warped[y0:y1, x0:x1].astype(np.float32)
         warped[y0:y1, x0:x1] = (region + alpha * (interior - region) + 0.5).astype(np.uint8)
 
     def _driver_mouth(self, driving: DrivingFrame, lips: np.ndarray,
                       size: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray]:
         """The driver's mouth interior mapped onto the avatar's inner lips (`lips`, box px) in a box
-        of `size` (w, h): float32 BGR colour-matched to the avatar, and its alpha — the driver's
-        inner-lip polygon eroded by MOUTH_INSET of its opening and feathered, so neither their lips
-        nor their skin ever shows. (None, _) when the driver's mouth shows no interior."""
+        of `size` (w, h): float32 BGR lit as the avatar, and its share — the driver's inner-lip
+        polygon eroded by MOUTH_INSET of its opening (neither their lips nor their skin ever
+        shows), its colours carried out beyond that over the band up to the lips.
+        (None, _) when the driver's mouth shows no interior."""
         crop = driving.crop_bgr
         driver_points = np.asarray(driving.landmarks.points, dtype=np.float64)
         inner = driver_points[list(INNER_LIPS)]
         gap = float(np.linalg.norm(driver_points[MOUTH_INNER_TOP] - driver_points[MOUTH_INNER_BOTTOM]))
         inset = max(MOUTH_INSET * gap, 1.0)
-        bx0, by0, bx1, by1 = _box_around(inner, 2.0, (0, 0, crop.shape[1], crop.shape[0]))
+        reach = 1.5 * inset
+        bx0, by0, bx1, by1 = _box_around(inner, 2.0 + 3.0 * reach, (0, 0, crop.shape[1], crop.shape[0]))
         if gap < 2.0 * inset + 1.0 or bx1 - bx0 < 3 or by1 - by0 < 3:
             return None, np.zeros((size[1], size[0]), np.float32)
         hole = _polygon_mask(inner, (bx0, by0), (by1 - by0, bx1 - bx0))
@@ -947,25 +978,111 @@ class MeshAnimator(Animator):
                                             method=cv2.LMEDS)
         if to_avatar is None:
             return None, np.zeros((size[1], size[0]), np.float32)
-        patch = np.ascontiguousarray(crop[by0:by1, bx0:bx1])
-        colour = cv2.warpAffine(patch, to_avatar, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        alpha = cv2.warpAffine(inside, to_avatar, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        gain = self._mouth_gain
-        return np.clip(colour.astype(np.float32) * gain, 0.0, 255.0), alpha
+        patch = cv2.multiply(crop[by0:by1, bx0:bx1].astype(np.float32), (*(float(g) for g in self._mouth_gain), 0.0))
+        # Between the eroded interior and the avatar's inner lips lies a band (the inset, and where
+        # the two mouths' shapes differ) that the cavity's dark red would fill: a dark ring, the
+        # interior looking cut into the photo. The interior's own colours are carried out over it
+        # instead (a normalised blur: each pixel the alpha-weighted mean of the interior near it),
+        # as the driver's teeth and tongue do reach their lips. Done at the driver's resolution,
+        # before the mapping up: it is several times fewer pixels than the avatar's mouth.
+        blurred = cv2.GaussianBlur(np.dstack((patch * inside[..., None], inside)), (0, 0), reach)
+        cover = blurred[..., 3]
+        carried = blurred[..., :3] / np.maximum(cover, 1e-3)[..., None]
+        colour = carried + inside[..., None] * (patch - carried)
+        share = np.minimum(np.maximum(inside, 4.0 * cover), 1.0)
+        colour = cv2.warpAffine(np.clip(colour, 0.0, 255.0), to_avatar, size, flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE)
+        share = cv2.warpAffine(share, to_avatar, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return colour, share
 
     def _colour_gain(self, crop_bgr: np.ndarray, driver_points: np.ndarray) -> np.ndarray:
-        """Per-channel gain taking the driver's lip colour to the avatar's: their mouth interior is
-        lit and white-balanced as the avatar's face then (teeth stay white under the same light)."""
-        outer, inner = driver_points[list(OUTER_LIPS)], driver_points[list(INNER_LIPS)]
-        x0, y0, x1, y1 = _box_around(outer, 1.0, (0, 0, crop_bgr.shape[1], crop_bgr.shape[0]))
-        if x1 - x0 < 3 or y1 - y0 < 3:
+        """Per-channel gain putting the driver's mouth interior under the avatar's light: their
+        cheeks' brightness to the avatar's, and their picture's white point a little towards the
+        avatar's (MOUTH_WHITE_REACH). Not their lips' colour to the avatar's: that ratio is mostly
+        the two people's lip and skin hue, and it turned white teeth orange on warm faces."""
+        brightness = np.clip(self._mouth.skin_grey / max(self._skin_grey(crop_bgr, driver_points), 1.0),
+                             *MOUTH_GAIN_RANGE)
+        white = np.clip(self._mouth.white_bgr / self._white_point(crop_bgr, driver_points),
+                        1.0 - MOUTH_WHITE_REACH, 1.0 + MOUTH_WHITE_REACH)
+        white /= float(white @ GREY_BGR)  # the balance moves hue only; brightness is the cheeks'
+        return (brightness * white).astype(np.float32)
+
+    @staticmethod
+    def _skin_grey(image_bgr: np.ndarray, points: np.ndarray) -> float:
+        """Median grey of small patches on the cheeks (CHEEKS): the face's skin under its light."""
+        mesh = points[:NUM_MESH_POINTS]
+        radius = max(int(round(0.03 * float(np.sqrt(np.prod(np.ptp(mesh, axis=0)))))), 1)
+        height, width = image_bgr.shape[:2]
+        patches = []
+        for x, y in np.round(points[list(CHEEKS)]).astype(int):
+            patch = image_bgr[max(y - radius, 0):min(y + radius + 1, height), max(x - radius, 0):min(x + radius + 1, width)]
+            patches.append(patch.reshape(-1, 3))
+        pixels = np.concatenate(patches).astype(np.float32)
+        return float(np.median(pixels @ GREY_BGR)) if len(pixels) else 128.0
+
+    @staticmethod
+    def _white_point(image_bgr: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Grey-world white of the picture around the face (a box twice the face's), BGR at unit
+        grey, from pixels neither black nor clipped; sampled sparsely (it is a mean)."""
+        mesh = points[:NUM_MESH_POINTS]
+        centre, half = mesh.mean(axis=0), float(np.ptp(mesh, axis=0).max())
+        x0, y0, x1, y1 = _box_around(centre[None], half, (0, 0, image_bgr.shape[1], image_bgr.shape[0]))
+        step = max(int(max(x1 - x0, y1 - y0) // 64), 1)
+        pixels = image_bgr[y0:y1:step, x0:x1:step].reshape(-1, 3).astype(np.float32)
+        grey = pixels @ GREY_BGR
+        pixels = pixels[(grey > 20.0) & (grey < 235.0)]
+        if len(pixels) < 16:
             return np.ones(3, np.float32)
-        ring = (_polygon_mask(outer, (x0, y0), (y1 - y0, x1 - x0)) -
-                _polygon_mask(inner, (x0, y0), (y1 - y0, x1 - x0))) > 0.5
-        if ring.sum() < 4:
-            return np.ones(3, np.float32)
-        driver_lip = np.median(crop_bgr[y0:y1, x0:x1][ring], axis=0).astype(np.float32)
-        return np.clip(self._mouth.lip_bgr / np.maximum(driver_lip, 1.0), *MOUTH_GAIN_RANGE).astype(np.float32)
+        mean = pixels.mean(axis=0)
+        return (mean / max(float(mean @ GREY_BGR), 1.0)).astype(np.float32)
+
+    def _moustache(self, avatar_bgr: np.ndarray, points: np.ndarray,
+                   skin_grey: float) -> tuple[np.ndarray | None, tuple[int, int]]:
+        """The avatar's hair over its lips (float32 [0, 1], avatar px, and its box's origin), or
+        None: pixels darker than MOUSTACHE_DARK of the cheeks', in blobs wider than the lips'
+        seam (an opening removes the seam and its shadow), whole blobs that cross the middle of
+        the upper lip (the row between 164 and 0, over the inner lips' middle half), so a
+        moustache's drooping ends count too. A beard below the lips does not matter: the
+        interior opens above it."""
+        corners = points[[61, 291]]
+        width = float(np.ptp(corners[:, 0]))
+        x0, y0, x1, y1 = _box_around(np.array([[corners[:, 0].min() - 0.3 * width, points[164, 1]],
+                                               [corners[:, 0].max() + 0.3 * width, points[17, 1]]]), 0.0,
+                                     (0, 0, avatar_bgr.shape[1], avatar_bgr.shape[0]))
+        row = int(round(0.5 * (points[164, 1] + points[0, 1]))) - y0
+        middle = np.round(np.sort(points[[81, 311], 0]) - x0).astype(int)
+        if x1 - x0 < 3 or not 0 <= row < y1 - y0 or middle[1] <= max(middle[0], 0):
+            return None, (0, 0)
+        grey = cv2.cvtColor(np.ascontiguousarray(avatar_bgr[y0:y1, x0:x1]), cv2.COLOR_BGR2GRAY)
+        dark = (grey < MOUSTACHE_DARK * skin_grey).astype(np.uint8)
+        side = max(int(round(MOUSTACHE_MIN_WIDTH * self._face_size)), 3)
+        dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side)))
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+        crossing = np.unique(labels[row, max(middle[0], 0):middle[1]])
+        # A blob smaller than a few seam widths square is a shadow or a mole, not a moustache.
+        kept = [label for label in crossing if label > 0 and stats[label, cv2.CC_STAT_AREA] >= 10 * side * side]
+        if not kept:
+            return None, (0, 0)
+        hair = np.isin(labels, kept).astype(np.float32)
+        return cv2.GaussianBlur(hair, (0, 0), max(2.0 * MOUTH_FEATHER * self._face_size, 0.5)), (x0, y0)
+
+    def _hair_over(self, points: np.ndarray, origin: np.ndarray,
+                   size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The avatar's moustache (float32 BGR and alpha) in a box of `size` (w, h) at `origin`
+        (avatar px), moved with the target's upper lip as one piece, or None. Not carried by the
+        warp: it stretches the hair at the lips' seam down across the opening into streaks, where
+        a moustache hangs over an open mouth unchanged."""
+        rig = self._mouth
+        if rig.hair is None:
+            return None
+        upper = list(UPPER_LIP)
+        move, _ = cv2.estimateAffinePartial2D((self._avatar_points[upper] - rig.hair_origin).astype(np.float32),
+                                              (points[upper] - origin).astype(np.float32), method=cv2.LMEDS)
+        if move is None:
+            return None
+        colour = cv2.warpAffine(rig.hair_bgr, move, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        alpha = cv2.warpAffine(rig.hair, move, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return colour, alpha
 
     def _cavity(self, mask: np.ndarray, points: np.ndarray, origin: np.ndarray) -> np.ndarray:
         """Cavity colours for a mouth mask (box at `origin`, avatar px): darker away from the lips
