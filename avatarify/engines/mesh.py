@@ -90,12 +90,13 @@ CAVITY_FULL = 0.08  # ... and at which it is fully shown
 # between them), lit as the avatar: their skin's brightness matched by a gain within this range.
 MOUTH_INSET = 0.12
 MOUTH_GAIN_RANGE = (0.6, 1.6)
-# The white balance of the interior follows the avatar's picture by at most this much per channel:
-# a grey-world estimate mistakes a picture's colours (warm skin, a varnished painting, a red wall)
-# for its light, and a per-channel gain of a few % already tints white teeth (saturation rises by
-# about the channels' gain spread).
-MOUTH_WHITE_REACH = 0.03
-CHEEKS = (50, 280, 118, 347)  # below the eyes, above any beard: the skin whose brightness is matched
+# The white balance of the interior follows the avatar's light along the warm-cool axis only (the
+# way daylight, lamps and old prints differ; a green-magenta difference between two faces is their
+# skin, not their light), from the two people's cheeks, by at most this log red/blue gain each way:
+# skin hue differs between people as much as light does, and a few % already tints white teeth
+# (their saturation rises by about the red/blue gain spread).
+MOUTH_WHITE_REACH = 0.02
+CHEEKS = (50, 280, 118, 347)  # below the eyes, above any beard: the skin whose light is matched
 # The avatar's moustache hangs over the opened mouth: pixels darker than this share of its cheeks'
 # grey, hanging unbroken from the upper lip's middle, in blobs wider than MOUSTACHE_MIN_WIDTH face
 # sizes (thinner dark lines are the closed lips' seam and its shadow), drawn over the interior.
@@ -184,8 +185,7 @@ class _MouthRig:
     open_ratio: float  # the avatar's own inner-lip gap over mouth width
     edge_bgr: np.ndarray  # cavity colour next to the lips (tinted by the avatar's lips)
     lip_bgr: np.ndarray  # the avatar's median lip colour
-    skin_grey: float  # the avatar's cheeks' grey level (the interior's brightness follows it)
-    white_bgr: np.ndarray  # the avatar picture's grey-world white point, unit grey
+    skin_bgr: np.ndarray  # the avatar's cheeks' colour (the interior's light follows it)
     hair: np.ndarray | None = None  # float32 [0, 1] moustache over the lips (avatar px), or None
     hair_bgr: np.ndarray | None = None  # the avatar's pixels under `hair`
     hair_origin: tuple[int, int] = (0, 0)  # avatar px (x, y) of `hair`'s first pixel
@@ -617,11 +617,11 @@ class MeshAnimator(Animator):
         lip_bgr = np.median(avatar_bgr[lips], axis=0).astype(np.float32) if lips.any() else CAVITY_EDGE_BGR
         # The cavity next to the lips is a shadowed continuation of the lips' own hue.
         edge = 0.5 * CAVITY_EDGE_BGR + 0.5 * 0.35 * lip_bgr
-        skin = self._skin_grey(avatar_bgr, points)
-        hair, (hx, hy) = self._moustache(avatar_bgr, points, skin)
+        skin = self._cheeks_bgr(avatar_bgr, points)
+        hair, (hx, hy) = self._moustache(avatar_bgr, points, float(skin @ GREY_BGR))
         hair_bgr = None if hair is None else avatar_bgr[hy:hy + hair.shape[0], hx:hx + hair.shape[1]].astype(np.float32)
         self._mouth = _MouthRig(mouth_open_ratio(points), edge.astype(np.float32), lip_bgr, skin,
-                                self._white_point(avatar_bgr, points), hair, hair_bgr, (hx, hy))
+                                hair, hair_bgr, (hx, hy))
 
     # ------------------------------------------------------------------------------------------
     # Per calibration
@@ -997,19 +997,20 @@ class MeshAnimator(Animator):
 
     def _colour_gain(self, crop_bgr: np.ndarray, driver_points: np.ndarray) -> np.ndarray:
         """Per-channel gain putting the driver's mouth interior under the avatar's light: their
-        cheeks' brightness to the avatar's, and their picture's white point a little towards the
+        cheeks' brightness to the avatar's, and their cheeks' warmth a little towards the
         avatar's (MOUTH_WHITE_REACH). Not their lips' colour to the avatar's: that ratio is mostly
         the two people's lip and skin hue, and it turned white teeth orange on warm faces."""
-        brightness = np.clip(self._mouth.skin_grey / max(self._skin_grey(crop_bgr, driver_points), 1.0),
-                             *MOUTH_GAIN_RANGE)
-        white = np.clip(self._mouth.white_bgr / self._white_point(crop_bgr, driver_points),
-                        1.0 - MOUTH_WHITE_REACH, 1.0 + MOUTH_WHITE_REACH)
+        driver, avatar = self._cheeks_bgr(crop_bgr, driver_points), self._mouth.skin_bgr
+        brightness = np.clip(float(avatar @ GREY_BGR) / max(float(driver @ GREY_BGR), 1.0), *MOUTH_GAIN_RANGE)
+        warmth = np.log(avatar[2] / avatar[0]) - np.log(driver[2] / driver[0])
+        half = 0.5 * float(np.clip(warmth, -2.0 * MOUTH_WHITE_REACH, 2.0 * MOUTH_WHITE_REACH))
+        white = np.array([np.exp(-half), 1.0, np.exp(half)], np.float32)
         white /= float(white @ GREY_BGR)  # the balance moves hue only; brightness is the cheeks'
         return (brightness * white).astype(np.float32)
 
     @staticmethod
-    def _skin_grey(image_bgr: np.ndarray, points: np.ndarray) -> float:
-        """Median grey of small patches on the cheeks (CHEEKS): the face's skin under its light."""
+    def _cheeks_bgr(image_bgr: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Median colour of small patches on the cheeks (CHEEKS): the face's skin under its light."""
         mesh = points[:NUM_MESH_POINTS]
         radius = max(int(round(0.03 * float(np.sqrt(np.prod(np.ptp(mesh, axis=0)))))), 1)
         height, width = image_bgr.shape[:2]
@@ -1018,23 +1019,7 @@ class MeshAnimator(Animator):
             patch = image_bgr[max(y - radius, 0):min(y + radius + 1, height), max(x - radius, 0):min(x + radius + 1, width)]
             patches.append(patch.reshape(-1, 3))
         pixels = np.concatenate(patches).astype(np.float32)
-        return float(np.median(pixels @ GREY_BGR)) if len(pixels) else 128.0
-
-    @staticmethod
-    def _white_point(image_bgr: np.ndarray, points: np.ndarray) -> np.ndarray:
-        """Grey-world white of the picture around the face (a box twice the face's), BGR at unit
-        grey, from pixels neither black nor clipped; sampled sparsely (it is a mean)."""
-        mesh = points[:NUM_MESH_POINTS]
-        centre, half = mesh.mean(axis=0), float(np.ptp(mesh, axis=0).max())
-        x0, y0, x1, y1 = _box_around(centre[None], half, (0, 0, image_bgr.shape[1], image_bgr.shape[0]))
-        step = max(int(max(x1 - x0, y1 - y0) // 64), 1)
-        pixels = image_bgr[y0:y1:step, x0:x1:step].reshape(-1, 3).astype(np.float32)
-        grey = pixels @ GREY_BGR
-        pixels = pixels[(grey > 20.0) & (grey < 235.0)]
-        if len(pixels) < 16:
-            return np.ones(3, np.float32)
-        mean = pixels.mean(axis=0)
-        return (mean / max(float(mean @ GREY_BGR), 1.0)).astype(np.float32)
+        return np.maximum(np.median(pixels, axis=0), 1.0) if len(pixels) else np.full(3, 128.0, np.float32)
 
     def _moustache(self, avatar_bgr: np.ndarray, points: np.ndarray,
                    skin_grey: float) -> tuple[np.ndarray | None, tuple[int, int]]:
