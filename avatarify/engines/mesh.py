@@ -18,7 +18,7 @@ Per avatar (`set_avatar`), everything that does not depend on the driver is prec
     fading into the still neck below the chin) and a room plate (the photo with the head
     inpainted at low resolution), so a moving head uncovers room instead of stretching the wall,
     the hair or the shirt beside it;
-  - the mouth's colours.
+  - the mouth's colours and light, and the photo's moustache over the lips (if any).
 
 Per frame (`animate`): motion.py gives the target landmarks, their depth and the head's 3-D pose.
 The moved mesh is drawn on a reduced grid over the ROI (one sample per few pixels) back to front:
@@ -28,8 +28,9 @@ folding it. Each grid sample takes its triangle's affine map (target → source)
 upsampled and applied by one cv2.remap, and the warped head is blended over the room plate by its
 moved matte, only within the box of pixels that can change. Then, where the driver opens the mouth
 wider than the avatar: the mouth interior, the driver's own teeth and tongue from the driving frame
-(inside their inner lips, eroded, so their lips never show), colour-matched, over a shaded cavity,
-faded in with the opening.
+(inside their inner lips, eroded, so their lips never show, its colours carried out to the avatar's
+lips), lit as the avatar's cheeks are (brightness, and a little of their warmth: teeth stay white),
+over a shaded cavity, under the avatar's moustache if it has one, faded in with the opening.
 
 The eyes are the warp's: blinks, winks and widening move the lids (with their lashes) and the photo's
 own eye between them; a gaze moves the iris vertex along the eye (as far as the driver's iris moves
@@ -962,7 +963,7 @@ class MeshAnimator(Animator):
         inner = driver_points[list(INNER_LIPS)]
         gap = float(np.linalg.norm(driver_points[MOUTH_INNER_TOP] - driver_points[MOUTH_INNER_BOTTOM]))
         inset = max(MOUTH_INSET * gap, 1.0)
-        reach = 1.5 * inset
+        reach = 2.0 * inset
         bx0, by0, bx1, by1 = _box_around(inner, 2.0 + 3.0 * reach, (0, 0, crop.shape[1], crop.shape[0]))
         if gap < 2.0 * inset + 1.0 or bx1 - bx0 < 3 or by1 - by0 < 3:
             return None, np.zeros((size[1], size[0]), np.float32)
@@ -989,7 +990,10 @@ class MeshAnimator(Animator):
         cover = blurred[..., 3]
         carried = blurred[..., :3] / np.maximum(cover, 1e-3)[..., None]
         colour = carried + inside[..., None] * (patch - carried)
-        share = np.minimum(np.maximum(inside, 4.0 * cover), 1.0)
+        # Fully the driver's up to ~2.3 insets past the eroded edge (1.3 past their own lips: the
+        # two mouths' shapes differ by about that), the cavity beyond; a narrower carry left a
+        # dark rim, a wider one loses the faint shading Face Mesh reads the lips' edge by.
+        share = np.minimum(np.maximum(inside, 8.0 * cover), 1.0)
         colour = cv2.warpAffine(np.clip(colour, 0.0, 255.0), to_avatar, size, flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REPLICATE)
         share = cv2.warpAffine(share, to_avatar, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
@@ -1027,8 +1031,10 @@ class MeshAnimator(Animator):
         None: pixels darker than MOUSTACHE_DARK of the cheeks', in blobs wider than the lips'
         seam (an opening removes the seam and its shadow), whole blobs that cross the middle of
         the upper lip (the row between 164 and 0, over the inner lips' middle half), so a
-        moustache's drooping ends count too. A beard below the lips does not matter: the
-        interior opens above it."""
+        moustache's drooping ends count too; none below the lips' seam (the upper inner lip,
+        carried on level beyond the corners): what hangs there, beside the lower lip, would cross
+        the opening as a straight cut once moved with the upper lip. A beard below the lips does
+        not matter: the interior opens above it."""
         corners = points[[61, 291]]
         width = float(np.ptp(corners[:, 0]))
         x0, y0, x1, y1 = _box_around(np.array([[corners[:, 0].min() - 0.3 * width, points[164, 1]],
@@ -1049,6 +1055,9 @@ class MeshAnimator(Animator):
         if not kept:
             return None, (0, 0)
         hair = np.isin(labels, kept).astype(np.float32)
+        seam = points[[78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]] - (x0, y0)
+        below = np.vstack([[-1.0, seam[0, 1]], seam, [x1 - x0, seam[-1, 1]], [x1 - x0, y1 - y0], [-1.0, y1 - y0]])
+        cv2.fillPoly(hair, [np.round(below).astype(np.int32)], 0.0)
         return cv2.GaussianBlur(hair, (0, 0), max(2.0 * MOUTH_FEATHER * self._face_size, 0.5)), (x0, y0)
 
     def _hair_over(self, points: np.ndarray, origin: np.ndarray,
