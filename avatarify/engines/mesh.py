@@ -938,18 +938,20 @@ class MeshAnimator(Animator):
         if x1 - x0 < 3 or y1 - y0 < 3:
             return
         mask = _polygon_mask(lips, (x0, y0), (y1 - y0, x1 - x0))
-        interior = self._cavity(mask, points, origin + (x0, y0))
+        driver = None
         if driving is not None and driving.landmarks is not None:
             driver, share = self._driver_mouth(driving, lips - (x0, y0), (x1 - x0, y1 - y0))
-            if driver is not None:
-                interior = interior + share[..., None] * (driver - interior)
+        interior = self._cavity(mask, points, origin + (x0, y0), teeth=driver is None)
+        if driver is not None:
+            interior = cv2.blendLinear(driver, interior, share, cv2.subtract(1.0, share))
         hair = self._hair_over(points, origin + (x0, y0), (x1 - x0, y1 - y0))
         if hair is not None:
-            interior = interior + hair[1][..., None] * (hair[0] - interior)
+            interior = cv2.blendLinear(hair[0], interior, hair[1], cv2.subtract(1.0, hair[1]))
         # Full inside the inner lips, fading out over their edge: a cut edge reads as a hole.
-        alpha = (np.maximum(mask, cv2.GaussianBlur(mask, (0, 0), feather)) * strength)[..., None]
-        region = warped[y0:y1, x0:x1].astype(np.float32)
-        warped[y0:y1, x0:x1] = (region + alpha * (interior - region) + 0.5).astype(np.uint8)
+        alpha = np.maximum(mask, cv2.GaussianBlur(mask, (0, 0), feather)) * strength
+        region = warped[y0:y1, x0:x1]
+        # uint8 blend (cv2 rounds): numpy's float round trip of the block cost as much as the rest.
+        warped[y0:y1, x0:x1] = cv2.blendLinear(cv2.convertScaleAbs(interior), region, alpha, cv2.subtract(1.0, alpha))
 
     def _driver_mouth(self, driving: DrivingFrame, lips: np.ndarray,
                       size: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray]:
@@ -1078,15 +1080,17 @@ class MeshAnimator(Animator):
         alpha = cv2.warpAffine(rig.hair, move, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         return colour, alpha
 
-    def _cavity(self, mask: np.ndarray, points: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    def _cavity(self, mask: np.ndarray, points: np.ndarray, origin: np.ndarray, teeth: bool = True) -> np.ndarray:
         """Cavity colours for a mouth mask (box at `origin`, avatar px): darker away from the lips
-        (the back of the mouth), and a soft hint of upper teeth just under the upper lip, widest
-        mid-mouth."""
+        (the back of the mouth), and with `teeth` a soft hint of upper teeth just under the upper
+        lip, widest mid-mouth (not where the driver lends their own: a second, painted set)."""
         depth = cv2.distanceTransform((mask > 0.5).astype(np.uint8), cv2.DIST_L2, 3)
         left, right = points[MOUTH_CORNERS[0]], points[MOUTH_CORNERS[1]]
         mouth_width = float(np.linalg.norm(right - left))
         shade = np.clip(depth / max(0.12 * mouth_width, 1.0), 0.0, 1.0)[..., None]
         cavity = self._mouth.edge_bgr + shade * (CAVITY_BACK_BGR - self._mouth.edge_bgr)
+        if not teeth:
+            return cavity
         band = max(0.11 * mouth_width, 1.0)
         below_lip = np.cumsum(mask, axis=0)  # px of opening above each pixel: 0 at the upper lip
         vertical = np.clip(1.0 - below_lip / band, 0.0, 1.0) * mask
