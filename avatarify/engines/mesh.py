@@ -1022,7 +1022,8 @@ class MeshAnimator(Animator):
         height, width = image_bgr.shape[:2]
         patches = []
         for x, y in np.round(points[list(CHEEKS)]).astype(int):
-            patch = image_bgr[max(y - radius, 0):min(y + radius + 1, height), max(x - radius, 0):min(x + radius + 1, width)]
+            patch = image_bgr[max(y - radius, 0):min(y + radius + 1, height),
+                              max(x - radius, 0):min(x + radius + 1, width)]
             patches.append(patch.reshape(-1, 3))
         pixels = np.concatenate(patches).astype(np.float32)
         return np.maximum(np.median(pixels, axis=0), 1.0) if len(pixels) else np.full(3, 128.0, np.float32)
