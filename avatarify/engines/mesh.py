@@ -970,7 +970,7 @@ class MeshAnimator(Animator):
         if gap < 2.0 * inset + 1.0 or bx1 - bx0 < 3 or by1 - by0 < 3:
             return None, np.zeros((size[1], size[0]), np.float32)
         hole = _polygon_mask(inner, (bx0, by0), (by1 - by0, bx1 - bx0))
-        radius = int(np.ceil(inset))
+        radius = max(int(round(inset)), 1)
         inside = cv2.erode((hole > 0.5).astype(np.uint8), cv2.getStructuringElement(
             cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))).astype(np.float32)
         if not inside.any():
