@@ -527,7 +527,8 @@ def test_mouth_interior_comes_from_the_drivers_mouth_and_never_their_lips(avatar
     bgr = painted.astype(np.int16)
     greenish = (bgr[..., 1] - np.maximum(bgr[..., 0], bgr[..., 2])) > 60
     assert greenish.sum() == 0
-    outside = ~cv2.dilate(inner, np.ones((3, 3), np.uint8)).astype(bool)
+    # The interior fades out over the lips' inner edge (a px or two), and nowhere beyond.
+    outside = ~cv2.dilate(inner, np.ones((5, 5), np.uint8)).astype(bool)
     np.testing.assert_array_equal(painted[outside], plain[outside])
 
 
@@ -588,3 +589,33 @@ def test_the_call_picture_is_animated_at_full_resolution(call_picture, mixed_cli
     on_mesh[warp[warp < NUM_MESH_POINTS]] = True  # the irises are vertices too, placed by the gaze
     assert np.nanmax(error[on_mesh]) <= 0.5 * crop_side / 256
     assert np.nanmax(error) <= 0.008 * float(np.ptp(landmarks.points[:NUM_MESH_POINTS, 0]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Teeth and the mouth's edge on the call picture (issue 19 item 1)
+
+@pytest.fixture(scope="module")
+def astronaut_mouth_clip():
+    """The astronaut opening her mouth (12 frames at 256, cool pink lips) and its widest frame."""
+    frames, truth = make_clip("astronaut", "mouth", frames=12, size=256)
+    return driving_frames(frames, track_landmarks(frames)), int(np.argmax(truth_series(truth, "mouth_open")))
+
+
+def test_white_teeth_stay_white_on_a_warm_face_and_meet_the_lips_without_a_dark_ring(call_picture,
+                                                                                   astronaut_mouth_clip):
+    """A driver whose open mouth is all neutral white (teeth) drives Grace Hopper's warm, orange-lit
+    face in the call picture: the interior's brightest third stays near-neutral (it was tinted
+    towards her lips' orange), and the band just inside her inner lips is about as bright as the
+    interior's core (it was the cavity's dark red: a ring, a hole cut into the photo)."""
+    from bench.teeth import OPEN_GAP, mouth_interior_measures
+
+    clip, widest = astronaut_mouth_clip
+    engine = MeshAnimator()
+    engine.set_avatar(*call_picture)
+    engine.set_neutral(clip[0])
+    for driving in clip[:widest + 1]:
+        output = engine.animate(_driver_with_painted_mouth(driving, teeth_bgr=(235, 235, 235)))
+    measures = mouth_interior_measures(output, engine.last_target.points)
+    assert measures is not None and measures["gap"] >= OPEN_GAP  # the avatar's mouth did open
+    assert measures["bright_saturation"] < 0.12
+    assert measures["ring_darkness"] < 0.15

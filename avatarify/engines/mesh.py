@@ -20,18 +20,19 @@ Per avatar (`set_avatar`), everything that does not depend on the driver is prec
     head's outline. Each iris centre is a vertex too, and its eye opening a fan of triangles
     around it, so a gaze moves the photo's own iris. The warp samples only the photo's own pixels
     (`photo_box`: never the call framing's fill beside a narrow photo);
-  - the mouth's colours.
+  - the mouth's colours and light, and the photo's moustache over the lips (if any).
 
 Per frame (`animate`): motion.py gives the target landmarks, their depth and the head's 3-D pose.
 The moved mesh is drawn on a reduced grid over the ROI (one sample per few pixels) back to front:
 the room, the outline's band, then the face's triangles from far to near; a face triangle whose
 orientation flipped shows its back and is not drawn, so a turned head hides its far side instead of
 folding it (a flipped triangle of the room, the band or the face's outermost row is a squeeze, and
-is drawn: left out, it opened a hole). Each grid sample takes its triangle's affine map (target → source); the map is
-upsampled and applied by one cv2.remap, only within the box of pixels that can change. Then, where the driver opens the mouth
-wider than the avatar: the mouth interior, the driver's own teeth and tongue from the driving frame
-(inside their inner lips, eroded, so their lips never show), colour-matched, over a shaded cavity,
-faded in with the opening.
+is drawn: left out, it opened a hole). Each grid sample takes its triangle's affine map (target →
+source); the map is upsampled and applied by one cv2.remap, only within the box of pixels that can
+change. Then, where the driver opens the mouth wider than the avatar: the mouth interior, the driver's own teeth and tongue from the driving frame
+(inside their inner lips, eroded, so their lips never show, its colours carried out to the avatar's
+lips), lit as the avatar's cheeks are (brightness, and a little of their warmth: teeth stay white),
+over a shaded cavity, under the avatar's moustache if it has one, faded in with the opening.
 
 The eyes are the warp's: blinks, winks and widening move the lids (with their lashes) and the photo's
 own eye between them; a gaze moves the iris vertex along the eye (as far as the driver's iris moves
@@ -93,9 +94,26 @@ NECK_START = 0.03
 CAVITY_START = 0.02  # mouth-open ratio above the avatar's own at which the cavity starts to show
 CAVITY_FULL = 0.08  # ... and at which it is fully shown
 # The driver's mouth interior is used inside their inner lips eroded by this share of their lip gap
-# (their lips never show), colour-matched by a per-channel gain within this range.
+# (their lips never show), its colours carried out to the avatar's inner lips (no dark cavity ring
+# between them), lit as the avatar: their skin's brightness matched by a gain within this range.
 MOUTH_INSET = 0.12
 MOUTH_GAIN_RANGE = (0.6, 1.6)
+# The white balance of the interior follows the avatar's light along the warm-cool axis only (the
+# way daylight, lamps and old prints differ; a green-magenta difference between two faces is their
+# skin, not their light), from the two people's cheeks, by at most this log red/blue gain each way:
+# skin hue differs between people as much as light does, and a few % already tints white teeth
+# (their saturation rises by about the red/blue gain spread).
+MOUTH_WHITE_REACH = 0.02
+CHEEKS = (50, 280, 118, 347)  # below the eyes, above any beard: the skin whose light is matched
+# The avatar's moustache hangs over the opened mouth: pixels darker than this share of its cheeks'
+# grey, hanging unbroken from the upper lip's middle, in blobs wider than MOUSTACHE_MIN_WIDTH face
+# sizes (thinner dark lines are the closed lips' seam and its shadow), drawn over the interior.
+MOUSTACHE_DARK = 0.65
+MOUSTACHE_MIN_WIDTH = 0.02
+# The upper lip's outer and inner contours: the moustache moves with them as one piece.
+UPPER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
+MOUTH_FEATHER = 0.003  # the interior's edge fades over the lips' inner edge (Gaussian sigma, face sizes)
+GREY_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BGR weights of grey (Rec. 601, as cv2's)
 
 # Cavity colours, BGR: dark red-brown at the lips fading to near-black at the back of the mouth.
 CAVITY_EDGE_BGR = np.array([38, 36, 92], np.float32)
@@ -201,6 +219,10 @@ class _MouthRig:
     open_ratio: float  # the avatar's own inner-lip gap over mouth width
     edge_bgr: np.ndarray  # cavity colour next to the lips (tinted by the avatar's lips)
     lip_bgr: np.ndarray  # the avatar's median lip colour
+    skin_bgr: np.ndarray  # the avatar's cheeks' colour (the interior's light follows it)
+    hair: np.ndarray | None = None  # float32 [0, 1] moustache over the lips (avatar px), or None
+    hair_bgr: np.ndarray | None = None  # the avatar's pixels under `hair`
+    hair_origin: tuple[int, int] = (0, 0)  # avatar px (x, y) of `hair`'s first pixel
 
 
 def _polygon_mask(points: np.ndarray, origin: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
@@ -649,7 +671,11 @@ class MeshAnimator(Animator):
         lip_bgr = np.median(avatar_bgr[lips], axis=0).astype(np.float32) if lips.any() else CAVITY_EDGE_BGR
         # The cavity next to the lips is a shadowed continuation of the lips' own hue.
         edge = 0.5 * CAVITY_EDGE_BGR + 0.5 * 0.35 * lip_bgr
-        self._mouth = _MouthRig(mouth_open_ratio(points), edge.astype(np.float32), lip_bgr)
+        skin = self._cheeks_bgr(avatar_bgr, points)
+        hair, (hx, hy) = self._moustache(avatar_bgr, points, float(skin @ GREY_BGR))
+        hair_bgr = None if hair is None else avatar_bgr[hy:hy + hair.shape[0], hx:hx + hair.shape[1]].astype(np.float32)
+        self._mouth = _MouthRig(mouth_open_ratio(points), edge.astype(np.float32), lip_bgr, skin,
+                                hair, hair_bgr, (hx, hy))
 
     # ------------------------------------------------------------------------------------------
     # Per calibration
@@ -657,7 +683,7 @@ class MeshAnimator(Animator):
         if driving.landmarks is None:
             raise AnimatorError("No face in the driving frame; look at the camera and calibrate again.")
         self.motion.set_neutral(driving.landmarks.points, driving.landmarks.depth)
-        # The driver's light and white balance, once per calibration, from their lips.
+        # The driver's light and white balance, once per calibration, from their cheeks and picture.
         self._mouth_gain = self._colour_gain(driving.crop_bgr, np.asarray(driving.landmarks.points, np.float64))
 
     # ------------------------------------------------------------------------------------------
@@ -938,36 +964,44 @@ class MeshAnimator(Animator):
             return
         height, width = warped.shape[:2]
         lips = points[list(INNER_LIPS)] - origin
-        x0, y0, x1, y1 = _box_around(lips, 2.0, (0, 0, width, height))
+        feather = max(MOUTH_FEATHER * self._face_size, 0.5)
+        x0, y0, x1, y1 = _box_around(lips, 2.0 + 2.0 * feather, (0, 0, width, height))
         if x1 - x0 < 3 or y1 - y0 < 3:
             return
         mask = _polygon_mask(lips, (x0, y0), (y1 - y0, x1 - x0))
-        interior = self._cavity(mask, points, origin + (x0, y0))
+        driver = None
         if driving is not None and driving.landmarks is not None:
-            driver, driver_alpha = self._driver_mouth(driving, lips - (x0, y0), (x1 - x0, y1 - y0))
-            if driver is not None:
-                share = (driver_alpha * mask)[..., None]
-                interior = interior + share * (driver - interior)
-        alpha = (mask * strength)[..., None]
-        region = warped[y0:y1, x0:x1].astype(np.float32)
-        warped[y0:y1, x0:x1] = (region + alpha * (interior - region) + 0.5).astype(np.uint8)
+            driver, share = self._driver_mouth(driving, lips - (x0, y0), (x1 - x0, y1 - y0))
+        interior = self._cavity(mask, points, origin + (x0, y0), teeth=driver is None)
+        if driver is not None:
+            interior = cv2.blendLinear(driver, interior, share, cv2.subtract(1.0, share))
+        hair = self._hair_over(points, origin + (x0, y0), (x1 - x0, y1 - y0))
+        if hair is not None:
+            interior = cv2.blendLinear(hair[0], interior, hair[1], cv2.subtract(1.0, hair[1]))
+        # Full inside the inner lips, fading out over their edge: a cut edge reads as a hole.
+        alpha = np.maximum(mask, cv2.GaussianBlur(mask, (0, 0), feather)) * strength
+        region = warped[y0:y1, x0:x1]
+        # uint8 blend (cv2 rounds): numpy's float round trip of the block cost as much as the rest.
+        warped[y0:y1, x0:x1] = cv2.blendLinear(cv2.convertScaleAbs(interior), region, alpha, cv2.subtract(1.0, alpha))
 
     def _driver_mouth(self, driving: DrivingFrame, lips: np.ndarray,
                       size: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray]:
         """The driver's mouth interior mapped onto the avatar's inner lips (`lips`, box px) in a box
-        of `size` (w, h): float32 BGR colour-matched to the avatar, and its alpha — the driver's
-        inner-lip polygon eroded by MOUTH_INSET of its opening and feathered, so neither their lips
-        nor their skin ever shows. (None, _) when the driver's mouth shows no interior."""
+        of `size` (w, h): float32 BGR lit as the avatar, and its share — the driver's inner-lip
+        polygon eroded by MOUTH_INSET of its opening (neither their lips nor their skin ever
+        shows), its colours carried out beyond that over the band up to the lips.
+        (None, _) when the driver's mouth shows no interior."""
         crop = driving.crop_bgr
         driver_points = np.asarray(driving.landmarks.points, dtype=np.float64)
         inner = driver_points[list(INNER_LIPS)]
         gap = float(np.linalg.norm(driver_points[MOUTH_INNER_TOP] - driver_points[MOUTH_INNER_BOTTOM]))
         inset = max(MOUTH_INSET * gap, 1.0)
-        bx0, by0, bx1, by1 = _box_around(inner, 2.0, (0, 0, crop.shape[1], crop.shape[0]))
+        reach = 2.0 * inset
+        bx0, by0, bx1, by1 = _box_around(inner, 2.0 + 3.0 * reach, (0, 0, crop.shape[1], crop.shape[0]))
         if gap < 2.0 * inset + 1.0 or bx1 - bx0 < 3 or by1 - by0 < 3:
             return None, np.zeros((size[1], size[0]), np.float32)
         hole = _polygon_mask(inner, (bx0, by0), (by1 - by0, bx1 - bx0))
-        radius = int(np.ceil(inset))
+        radius = max(int(round(inset)), 1)
         inside = cv2.erode((hole > 0.5).astype(np.uint8), cv2.getStructuringElement(
             cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))).astype(np.float32)
         if not inside.any():
@@ -978,35 +1012,117 @@ class MeshAnimator(Animator):
                                             method=cv2.LMEDS)
         if to_avatar is None:
             return None, np.zeros((size[1], size[0]), np.float32)
-        patch = np.ascontiguousarray(crop[by0:by1, bx0:bx1])
-        colour = cv2.warpAffine(patch, to_avatar, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        alpha = cv2.warpAffine(inside, to_avatar, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        gain = self._mouth_gain
-        return np.clip(colour.astype(np.float32) * gain, 0.0, 255.0), alpha
+        patch = cv2.multiply(crop[by0:by1, bx0:bx1].astype(np.float32), (*(float(g) for g in self._mouth_gain), 0.0))
+        # Between the eroded interior and the avatar's inner lips lies a band (the inset, and where
+        # the two mouths' shapes differ) that the cavity's dark red would fill: a dark ring, the
+        # interior looking cut into the photo. The interior's own colours are carried out over it
+        # instead (a normalised blur: each pixel the alpha-weighted mean of the interior near it),
+        # as the driver's teeth and tongue do reach their lips. Done at the driver's resolution,
+        # before the mapping up: it is several times fewer pixels than the avatar's mouth.
+        blurred = cv2.GaussianBlur(np.dstack((patch * inside[..., None], inside)), (0, 0), reach)
+        cover = blurred[..., 3]
+        carried = blurred[..., :3] / np.maximum(cover, 1e-3)[..., None]
+        colour = carried + inside[..., None] * (patch - carried)
+        # Fully the driver's up to ~2.3 insets past the eroded edge (1.3 past their own lips: the
+        # two mouths' shapes differ by about that), the cavity beyond; a narrower carry left a
+        # dark rim, a wider one loses the faint shading Face Mesh reads the lips' edge by.
+        share = np.minimum(np.maximum(inside, 8.0 * cover), 1.0)
+        colour = cv2.warpAffine(np.clip(colour, 0.0, 255.0), to_avatar, size, flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE)
+        share = cv2.warpAffine(share, to_avatar, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return colour, share
 
     def _colour_gain(self, crop_bgr: np.ndarray, driver_points: np.ndarray) -> np.ndarray:
-        """Per-channel gain taking the driver's lip colour to the avatar's: their mouth interior is
-        lit and white-balanced as the avatar's face then (teeth stay white under the same light)."""
-        outer, inner = driver_points[list(OUTER_LIPS)], driver_points[list(INNER_LIPS)]
-        x0, y0, x1, y1 = _box_around(outer, 1.0, (0, 0, crop_bgr.shape[1], crop_bgr.shape[0]))
-        if x1 - x0 < 3 or y1 - y0 < 3:
-            return np.ones(3, np.float32)
-        ring = (_polygon_mask(outer, (x0, y0), (y1 - y0, x1 - x0)) -
-                _polygon_mask(inner, (x0, y0), (y1 - y0, x1 - x0))) > 0.5
-        if ring.sum() < 4:
-            return np.ones(3, np.float32)
-        driver_lip = np.median(crop_bgr[y0:y1, x0:x1][ring], axis=0).astype(np.float32)
-        return np.clip(self._mouth.lip_bgr / np.maximum(driver_lip, 1.0), *MOUTH_GAIN_RANGE).astype(np.float32)
+        """Per-channel gain putting the driver's mouth interior under the avatar's light: their
+        cheeks' brightness to the avatar's, and their cheeks' warmth a little towards the
+        avatar's (MOUTH_WHITE_REACH). Not their lips' colour to the avatar's: that ratio is mostly
+        the two people's lip and skin hue, and it turned white teeth orange on warm faces."""
+        driver, avatar = self._cheeks_bgr(crop_bgr, driver_points), self._mouth.skin_bgr
+        brightness = np.clip(float(avatar @ GREY_BGR) / max(float(driver @ GREY_BGR), 1.0), *MOUTH_GAIN_RANGE)
+        warmth = np.log(avatar[2] / avatar[0]) - np.log(driver[2] / driver[0])
+        half = 0.5 * float(np.clip(warmth, -2.0 * MOUTH_WHITE_REACH, 2.0 * MOUTH_WHITE_REACH))
+        white = np.array([np.exp(-half), 1.0, np.exp(half)], np.float32)
+        white /= float(white @ GREY_BGR)  # the balance moves hue only; brightness is the cheeks'
+        return (brightness * white).astype(np.float32)
 
-    def _cavity(self, mask: np.ndarray, points: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _cheeks_bgr(image_bgr: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Median colour of small patches on the cheeks (CHEEKS): the face's skin under its light."""
+        mesh = points[:NUM_MESH_POINTS]
+        radius = max(int(round(0.03 * float(np.sqrt(np.prod(np.ptp(mesh, axis=0)))))), 1)
+        height, width = image_bgr.shape[:2]
+        patches = []
+        for x, y in np.round(points[list(CHEEKS)]).astype(int):
+            patch = image_bgr[max(y - radius, 0):min(y + radius + 1, height),
+                              max(x - radius, 0):min(x + radius + 1, width)]
+            patches.append(patch.reshape(-1, 3))
+        pixels = np.concatenate(patches).astype(np.float32)
+        return np.maximum(np.median(pixels, axis=0), 1.0) if len(pixels) else np.full(3, 128.0, np.float32)
+
+    def _moustache(self, avatar_bgr: np.ndarray, points: np.ndarray,
+                   skin_grey: float) -> tuple[np.ndarray | None, tuple[int, int]]:
+        """The avatar's hair over its lips (float32 [0, 1], avatar px, and its box's origin), or
+        None: pixels darker than MOUSTACHE_DARK of the cheeks', in blobs wider than the lips'
+        seam (an opening removes the seam and its shadow), whole blobs that cross the middle of
+        the upper lip (the row between 164 and 0, over the inner lips' middle half), so a
+        moustache's drooping ends count too; none below the lips' seam (the upper inner lip,
+        carried on level beyond the corners): what hangs there, beside the lower lip, would cross
+        the opening as a straight cut once moved with the upper lip. A beard below the lips does
+        not matter: the interior opens above it."""
+        corners = points[[61, 291]]
+        width = float(np.ptp(corners[:, 0]))
+        x0, y0, x1, y1 = _box_around(np.array([[corners[:, 0].min() - 0.3 * width, points[164, 1]],
+                                               [corners[:, 0].max() + 0.3 * width, points[17, 1]]]), 0.0,
+                                     (0, 0, avatar_bgr.shape[1], avatar_bgr.shape[0]))
+        row = int(round(0.5 * (points[164, 1] + points[0, 1]))) - y0
+        middle = np.round(np.sort(points[[81, 311], 0]) - x0).astype(int)
+        if x1 - x0 < 3 or not 0 <= row < y1 - y0 or middle[1] <= max(middle[0], 0):
+            return None, (0, 0)
+        grey = cv2.cvtColor(np.ascontiguousarray(avatar_bgr[y0:y1, x0:x1]), cv2.COLOR_BGR2GRAY)
+        dark = (grey < MOUSTACHE_DARK * skin_grey).astype(np.uint8)
+        side = max(int(round(MOUSTACHE_MIN_WIDTH * self._face_size)), 3)
+        dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side)))
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+        crossing = np.unique(labels[row, max(middle[0], 0):middle[1]])
+        # A blob smaller than a few seam widths square is a shadow or a mole, not a moustache.
+        kept = [label for label in crossing if label > 0 and stats[label, cv2.CC_STAT_AREA] >= 10 * side * side]
+        if not kept:
+            return None, (0, 0)
+        hair = np.isin(labels, kept).astype(np.float32)
+        seam = points[[78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]] - (x0, y0)
+        below = np.vstack([[-1.0, seam[0, 1]], seam, [x1 - x0, seam[-1, 1]], [x1 - x0, y1 - y0], [-1.0, y1 - y0]])
+        cv2.fillPoly(hair, [np.round(below).astype(np.int32)], 0.0)
+        return cv2.GaussianBlur(hair, (0, 0), max(2.0 * MOUTH_FEATHER * self._face_size, 0.5)), (x0, y0)
+
+    def _hair_over(self, points: np.ndarray, origin: np.ndarray,
+                   size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The avatar's moustache (float32 BGR and alpha) in a box of `size` (w, h) at `origin`
+        (avatar px), moved with the target's upper lip as one piece, or None. Not carried by the
+        warp: it stretches the hair at the lips' seam down across the opening into streaks, where
+        a moustache hangs over an open mouth unchanged."""
+        rig = self._mouth
+        if rig.hair is None:
+            return None
+        upper = list(UPPER_LIP)
+        move, _ = cv2.estimateAffinePartial2D((self._avatar_points[upper] - rig.hair_origin).astype(np.float32),
+                                              (points[upper] - origin).astype(np.float32), method=cv2.LMEDS)
+        if move is None:
+            return None
+        colour = cv2.warpAffine(rig.hair_bgr, move, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        alpha = cv2.warpAffine(rig.hair, move, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return colour, alpha
+
+    def _cavity(self, mask: np.ndarray, points: np.ndarray, origin: np.ndarray, teeth: bool = True) -> np.ndarray:
         """Cavity colours for a mouth mask (box at `origin`, avatar px): darker away from the lips
-        (the back of the mouth), and a soft hint of upper teeth just under the upper lip, widest
-        mid-mouth."""
+        (the back of the mouth), and with `teeth` a soft hint of upper teeth just under the upper
+        lip, widest mid-mouth (not where the driver lends their own: a second, painted set)."""
         depth = cv2.distanceTransform((mask > 0.5).astype(np.uint8), cv2.DIST_L2, 3)
         left, right = points[MOUTH_CORNERS[0]], points[MOUTH_CORNERS[1]]
         mouth_width = float(np.linalg.norm(right - left))
         shade = np.clip(depth / max(0.12 * mouth_width, 1.0), 0.0, 1.0)[..., None]
         cavity = self._mouth.edge_bgr + shade * (CAVITY_BACK_BGR - self._mouth.edge_bgr)
+        if not teeth:
+            return cavity
         band = max(0.11 * mouth_width, 1.0)
         below_lip = np.cumsum(mask, axis=0)  # px of opening above each pixel: 0 at the upper lip
         vertical = np.clip(1.0 - below_lip / band, 0.0, 1.0) * mask
