@@ -353,13 +353,8 @@ def draw_mouth(cases: dict, path: Path) -> None:
         axis.set_title(size)
         axis.set_xlabel("face width (px)")
         axis.set_ylim(-0.2, 1.02)
-    np.atleast_1d(axes)[0].set_ylabel("mouth r, output vs truth")
-    np.atleast_1d(axes)[-1].legend(fontsize=8, loc="lower right")
-    figure.suptitle("Mouth followed, whole app, talking driver (red: goal 0.9; kept: the first face stays neutral)")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    log.info("wrote %s", path)
+    _save_panels(figure, axes, "mouth r, output vs truth",
+                 "Mouth followed, whole app, talking driver (red: goal 0.9; kept: the first face stays neutral)", path)
 
 
 def mouth_sheet(sheet: dict, tile: int = 150) -> np.ndarray:
@@ -447,9 +442,15 @@ def draw(rates: dict, path: Path) -> None:
         axis.set_xscale("log")
         axis.minorticks_off()
         axis.set_xticks(widths, [str(w) for w in widths])
-    np.atleast_1d(axes)[0].set_ylabel("detection rate")
+    _save_panels(figure, axes, "detection rate", "Face found after one search pass (red: the 48 px goal, dotted: 95 %)",
+                 path)
+
+
+def _save_panels(figure, axes, ylabel: str, title: str, path: Path) -> None:
+    """A row of per-camera-size panels: one y label, one legend, the title, written as PNG."""
+    np.atleast_1d(axes)[0].set_ylabel(ylabel)
     np.atleast_1d(axes)[-1].legend(fontsize=8, loc="lower right")
-    figure.suptitle("Face found after one search pass (red: the 48 px goal, dotted: 95 %)")
+    figure.suptitle(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
