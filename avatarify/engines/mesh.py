@@ -91,6 +91,7 @@ MIN_AVATAR_SIDE = 32
 HAIR_REACH = 0.35
 HAIR_MARGIN = 0.3
 NECK_START = 0.03
+EDGE_ROOM = 0.2  # the ring keeps this share of the face size inside a photo edge beside the fill
 CAVITY_START = 0.02  # mouth-open ratio above the avatar's own at which the cavity starts to show
 CAVITY_FULL = 0.08  # ... and at which it is fully shown
 # The driver's mouth interior is used inside their inner lips eroded by this share of their lip gap
@@ -370,8 +371,9 @@ class MeshAnimator(Animator):
         self._face_size = face_size
         ring = head_outline(mesh)
         if person is not None:
-            ring = self._ring_over_hair(ring, person > 0.5, self._neck_depth(points, person.shape) < NECK_START,
-                                        HAIR_REACH * face_size)
+            grown = self._ring_over_hair(ring, person > 0.5, self._neck_depth(points, person.shape) < NECK_START,
+                                         HAIR_REACH * face_size)
+            ring = self._clear_of_fill(ring, grown, EDGE_ROOM * face_size)
         self.step = max(2, int(round(face_size / FACE_SIZE_PER_STEP)))
         self._grid = self._roi_grid(ring, face_size)
         grid = self._grid
@@ -431,6 +433,21 @@ class MeshAnimator(Animator):
         gy, gx = np.mgrid[grid.y0:grid.y0 + grid.height, grid.x0:grid.x0 + grid.width].astype(np.float32)
         self._full_grid = np.ascontiguousarray(np.stack([gx, gy], axis=-1))
         self.last_triangles: np.ndarray | None = None  # per grid sample: drawn triangle, -1 = at rest
+
+    def _clear_of_fill(self, outline: np.ndarray, grown: np.ndarray, room_px: float) -> np.ndarray:
+        """The ring grown over the hair, kept `room_px` inside the photo's edges that border the
+        call framing's fill (never inside the head's own outline): there the photo's edge stays
+        still, and the hair between ring and edge bends over that room. Pinned on such an edge,
+        a head moving away from it stretched the hair beside the face into a saw-tooth."""
+        width, height = self._image_size
+        bx0, by0, bx1, by1 = self._bounds
+        lo = np.array([bx0 + room_px if bx0 > 0 else -np.inf, by0 + room_px if by0 > 0 else -np.inf])
+        hi = np.array([bx1 - room_px if bx1 < width else np.inf, by1 - room_px if by1 < height else np.inf])
+        kept = np.clip(grown, lo, hi)
+        # Never inside the outline: a face the fill's edge cuts keeps its outline as the ring.
+        centre = outline.mean(axis=0)
+        inside = np.linalg.norm(kept - centre, axis=1) < np.linalg.norm(outline - centre, axis=1)
+        return np.where(inside[:, None], outline, kept)
 
     @staticmethod
     def _neck_depth(points: np.ndarray, shape: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -842,12 +859,20 @@ class MeshAnimator(Animator):
         jaw, and the outline's sides on a turn: the near cheek swings out, the far one in): the
         skin between outline and ring is squeezed to RING_SQUEEZE of its width before the ring
         gives way, so the collar stays still while talking, and neither a wide-open jaw nor a
-        turned cheek pushes the outline past the ring (the band would fold into a saw-tooth edge)."""
-        outline = (as_points(target.head.inverse()(as_complex(target.points[list(FACE_OVAL)])))
-                   - self._avatar_points[list(FACE_OVAL)])
-        length = np.linalg.norm(outline, axis=1, keepdims=True)
+        turned cheek pushes the outline past the ring (the band would fold into a saw-tooth edge).
+        Where the outline moves inward (the far cheek of a turn), the ring follows it at once: a
+        band left behind was stretched into a smear of the skin's edge."""
+        oval = self._avatar_points[list(FACE_OVAL)]
+        outline = as_points(target.head.inverse()(as_complex(target.points[list(FACE_OVAL)]))) - oval
+        normal = self._ring_src - oval
+        normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-6)
+        outward = (outline * normal).sum(axis=1, keepdims=True)
+        inward = np.minimum(outward, 0.0) * normal  # followed fully
+        rest = outline - inward
+        length = np.linalg.norm(rest, axis=1, keepdims=True)
         slack = (1.0 - RING_SQUEEZE) * self._ring_gap[:, None]
-        return (outline * (np.maximum(length - slack, 0.0) / np.maximum(length, 1e-6))).astype(np.float32)
+        squeezed = rest * (np.maximum(length - slack, 0.0) / np.maximum(length, 1e-6))
+        return (inward + squeezed).astype(np.float32)
 
     def backward_map(self, target: MotionTarget) -> np.ndarray | None:
         """(h, w, 2) float32 source position (avatar px) of every ROI pixel of the output, or None
