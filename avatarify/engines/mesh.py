@@ -234,6 +234,13 @@ def _person_mask(image_bgr: np.ndarray) -> np.ndarray | None:
     return None if mask is None else np.asarray(mask, dtype=np.float32)
 
 
+def _moving(offsets: np.ndarray) -> np.ndarray:
+    """(rows, cols) bool: the grid samples whose (rows, cols, 2) offset moves them more than 1e-3 px.
+    Compared per component: numpy's any() over a last axis of two cost 0.5 ms per frame at 720p,
+    these two comparisons 0.02 ms."""
+    return (np.abs(offsets[..., 0]) > 1e-3) | (np.abs(offsets[..., 1]) > 1e-3)
+
+
 def _smoothstep(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3.0 - 2.0 * x)
@@ -613,7 +620,7 @@ class MeshAnimator(Animator):
         remap's 1/32 px step) would sample itself; only the map's float rounding differs (real
         drivers at 720p: 0.004 % of the pixels, by at most 4 levels)."""
         c0, r0, c1, r1 = box
-        moving = (np.abs(offsets[r0:r1, c0:c1]) > 1e-3).any(axis=2)
+        moving = _moving(offsets[r0:r1, c0:c1])
         # Sampled from the photo's own pixels only (the relative map is taken from its corner): a
         # source beyond its edge repeats the edge (the edge slides with the head, so that is at
         # most a sample or two), never the fill beside it nor a mirrored copy of the hair.
@@ -650,7 +657,7 @@ class MeshAnimator(Animator):
     def _changed_box(self, offsets: np.ndarray, target: MotionTarget) -> tuple[int, int, int, int] | None:
         """The box of grid samples (c0, r0, c1, r1) whose pixels can differ from the avatar: where
         the map moves, plus where the mouth interior is painted. None: nothing changes."""
-        moving = (np.abs(offsets) > 1e-3).any(axis=2)
+        moving = _moving(offsets)
         box = None
         rows, cols = np.nonzero(moving.any(axis=1))[0], np.nonzero(moving.any(axis=0))[0]
         if rows.size:
@@ -775,8 +782,9 @@ class MeshAnimator(Animator):
         """
         grid = self._grid
         vertices, depth = self._vertex_targets(target)
-        moved = (vertices != self._vertices_src).any(axis=1)
-        drawn = moved[self._tri].any(axis=1)
+        # Per column, not any() over the short last axis: 0.02 ms instead of 0.18 per frame.
+        moved = (vertices[:, 0] != self._vertices_src[:, 0]) | (vertices[:, 1] != self._vertices_src[:, 1])
+        drawn = moved[self._tri[:, 0]] | moved[self._tri[:, 1]] | moved[self._tri[:, 2]]
         if not drawn.any():
             self.last_triangles = None
             return None
