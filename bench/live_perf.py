@@ -1,11 +1,18 @@
-"""Live-app performance end to end: `python run_live.py` on a synthesized driving clip.
+"""Live-app performance end to end: `python run_live.py` on a synthesized driving clip and real videos.
 
 Runs the real command line (`--camera clip.mp4 --no-preview --no-virtual-cam --stats`) in a fresh
 process, so startup includes the interpreter, imports and model loading, as a user sees it.
 Writes into --out: the clip, `live_perf.json` (every run's stats, the medians, the goals and whether
 each is met) and `contact_sheet.png` (driving frames above the animated avatar at the same moments).
 
+With --camera FILE|DIR (repeatable; a folder means every video in it, read in place, never copied)
+the mesh engine also runs on those real driving videos: the drivers take turns in every round, so
+all share the machine's state alike. `drivers` in the JSON holds per driver (the synthesized clip
+first) its frames, fps, latency p50/p95, stages_ms (medians over the runs) and the goals;
+`live_perf.png` charts them, and the contact sheet gets two rows per driver.
+
     python bench/live_perf.py --out /tmp/live_bench [--engine mesh] [--cam-width 1280 --cam-height 720]
+    python bench/live_perf.py --out /tmp/live_real --camera ../shared/real_drivers   # + real videos
     python bench/live_perf.py --out /tmp/live_crop --framing crop --size 256   # the old square output
     python bench/live_perf.py --out /tmp/live_fomm --engine fomm [--checkpoint CKPT] [--backends auto,torch,onnxruntime] [--device cuda]
 
@@ -44,6 +51,8 @@ GOALS = {
     ("call", 1920, 1080): {"fps": (">=", 30.0)},
 }
 SHEET_COLUMNS = 6
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+SYNTHESIZED = "synthesized"  # the driver name of the synthesized clip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,7 +72,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clip-width", type=int, default=640,
                         help="clip frame width (a webcam's is 640): the square clip widened with its own edges")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; medians are reported")
-    return parser.parse_args(argv)
+    parser.add_argument("--camera", type=Path, action="append", default=[],
+                        help="real driving video, or a folder of them, run besides the synthesized clip "
+                             "(repeatable; --engine mesh)")
+    parser.add_argument("--camera-frames", type=int, default=None,
+                        help="frames of each --camera video to run (default: all of them)")
+    args = parser.parse_args(argv)
+    if args.camera and args.engine != "mesh":
+        parser.error("--camera runs with --engine mesh; the FOMM comparison uses the synthesized clip")
+    return args
+
+
+def real_videos(paths: list[Path]) -> list[Path]:
+    """The --camera videos: files as given, folders as their videos in name order; SystemExit with
+    one line when one is missing or a folder holds none."""
+    videos: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+            if not found:
+                raise SystemExit(f"no video ({', '.join(VIDEO_SUFFIXES)}) in {path}")
+            videos += found
+        elif path.is_file():
+            videos.append(path)
+        else:
+            raise SystemExit(f"--camera {path}: no such file or folder")
+    return videos
+
+
+def driver_names(videos: list[Path]) -> list[str]:
+    """One name per video (its stem; the parent folder too where stems repeat)."""
+    stems = [v.stem for v in videos]
+    return [f"{v.parent.name}_{v.stem}" if stems.count(v.stem) > 1 else v.stem for v in videos]
 
 
 def clip_dims(args: argparse.Namespace) -> list[int]:
@@ -71,7 +111,7 @@ def clip_dims(args: argparse.Namespace) -> list[int]:
     return [max(args.clip_width, args.clip_size), args.clip_size]
 
 
-def write_inputs(out: Path, frames: int, clip_size: int, clip_width: int) -> tuple[Path, Path, np.ndarray]:
+def write_inputs(out: Path, frames: int, clip_size: int, clip_width: int) -> tuple[Path, Path]:
     """The driving clip (astronaut, mixed motion; clip_width x clip_size, the synthesized square clip
     widened with its own mirrored edges as a 4:3 webcam frame) and the avatar photo (Grace Hopper)."""
     clip_frames, truth = make_clip("astronaut", "mixed", frames=frames, size=clip_size)
@@ -84,7 +124,7 @@ def write_inputs(out: Path, frames: int, clip_size: int, clip_width: int) -> tup
     clip_path, _ = write_clip(out / "driving_astronaut_mixed", clip_frames, truth)
     avatar_path = out / "avatar_grace_hopper.png"
     write_png(avatar_path, load_photo_bgr("grace_hopper"))
-    return clip_path, avatar_path, np.stack(clip_frames)
+    return clip_path, avatar_path
 
 
 def run_app(args: argparse.Namespace, avatar: Path, clip: Path, stats: Path, output: Path | None = None,
@@ -115,6 +155,15 @@ def headline(stats: dict) -> dict:
             "startup_s": stats["startup_s"]}
 
 
+def median_stages(runs: list[dict]) -> dict:
+    """stages_ms {stage: {p50, p95}}, each the median over the runs that have the stage; stages in
+    the order the runs first name them (the app's order)."""
+    names = dict.fromkeys(name for run in runs for name in run["stages_ms"])
+    return {name: {key: round(float(np.median([run["stages_ms"][name][key] for run in runs
+                                               if name in run["stages_ms"]])), 3) for key in ("p50", "p95")}
+            for name in names}
+
+
 def output_size(args: argparse.Namespace) -> tuple[int, int]:
     return (args.size, args.size) if args.framing == "crop" else (args.cam_width, args.cam_height)
 
@@ -128,16 +177,36 @@ def judge(medians: dict, goals: dict) -> dict:
     return verdict
 
 
-def contact_sheet(driving: np.ndarray, animated_path: Path, tile: int = 192) -> np.ndarray:
-    """Driving frames (top row) over what the camera got (bottom row) at evenly spaced moments;
-    the output row is as wide as its aspect needs."""
+def video_info(path: Path):
+    """Frame rate, count and size of a video (avatarify.capture.VideoInfo)."""
+    from avatarify.capture import open_video_file
+
+    cap, info = open_video_file(path)
+    cap.release()
+    return info
+
+
+def frames_at(path: Path, picks: list[int]) -> dict[int, np.ndarray]:
+    """The frames of a video at these indices, read in one pass (a long video is not kept)."""
     from avatarify.capture import iter_video_frames
 
-    animated = [f.frame_bgr for f in iter_video_frames(animated_path, progress=False)]
-    picks = np.linspace(0, min(len(driving), len(animated)) - 1, SHEET_COLUMNS).round().astype(int)
-    out_h, out_w = animated[0].shape[:2]
+    wanted, found = set(int(i) for i in picks), {}
+    for captured in iter_video_frames(path, max_frames=max(wanted) + 1, progress=False):
+        if captured.index in wanted:
+            found[captured.index] = captured.frame_bgr
+    return found
+
+
+def contact_sheet(driving: Path, animated_path: Path, tile: int = 192, label: str | None = None) -> np.ndarray:
+    """Driving frames (top row) over what the camera got (bottom row) at evenly spaced moments;
+    the output row is as wide as its aspect needs."""
+    counts = [video_info(path).frame_count for path in (driving, animated_path)]
+    picks = np.linspace(0, min(counts) - 1, SHEET_COLUMNS).round().astype(int)
+    driving, animated = frames_at(driving, picks), frames_at(animated_path, picks)
+    picks = [i for i in picks if i in driving and i in animated]  # a frame count the container overstates
+    out_h, out_w = animated[picks[0]].shape[:2]
     out_tile = (round(tile * out_w / out_h), tile)
-    in_h, in_w = driving[0].shape[:2]
+    in_h, in_w = driving[picks[0]].shape[:2]
     in_width = min(round(tile * in_w / in_h), out_tile[0])  # the camera frame at its own aspect
     side = max(out_tile[0] - in_width, 0)  # each driving tile centred over its output tile
     top = np.hstack([cv2.copyMakeBorder(cv2.resize(driving[i], (in_width, tile), interpolation=cv2.INTER_AREA),
@@ -146,9 +215,60 @@ def contact_sheet(driving: np.ndarray, animated_path: Path, tile: int = 192) -> 
     bottom = np.hstack([cv2.resize(animated[i], out_tile, interpolation=cv2.INTER_AREA) for i in picks])
     sheet = np.vstack([top, bottom])
     for column, index in enumerate(picks):
-        cv2.putText(sheet, f"frame {index}", (column * (in_width + side) + side // 2 + 6, 18), cv2.FONT_HERSHEY_SIMPLEX,
+        text = f"{label}: frame {index}" if label and column == 0 else f"frame {index}"
+        cv2.putText(sheet, text, (column * (in_width + side) + side // 2 + 6, 18), cv2.FONT_HERSHEY_SIMPLEX,
                     0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return sheet
+
+
+def stacked(sheets: list[np.ndarray]) -> np.ndarray:
+    """Sheets one under the other, padded white to the widest."""
+    width = max(sheet.shape[1] for sheet in sheets)
+    return np.vstack([cv2.copyMakeBorder(sheet, 0, 4, 0, width - sheet.shape[1], cv2.BORDER_CONSTANT,
+                                         value=(255, 255, 255)) for sheet in sheets])
+
+
+def plot_drivers(drivers: dict, goals: dict | None, size: tuple[int, int], path: Path) -> None:
+    """Per driver: fps, latency p50/p95 and the stages' p50 ms, with the goals as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(drivers)
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 3, figsize=(4 + 3.2 * len(names), 4.2))
+    fps = [drivers[n]["medians"]["fps"] for n in names]
+    bars = axes[0].bar(x, fps, color="#2a7ab9")
+    axes[0].bar_label(bars, labels=[f"{v:.0f}" for v in fps], fontsize=8)
+    axes[0].set_title("frames / s (median of runs)", fontsize=10)
+    p50 = [drivers[n]["medians"]["latency_p50_ms"] for n in names]
+    p95 = [drivers[n]["medians"]["latency_p95_ms"] for n in names]
+    axes[1].bar(x - 0.2, p50, 0.4, label="p50", color="#7fb3d5")
+    bars = axes[1].bar(x + 0.2, p95, 0.4, label="p95", color="#c23b22")
+    axes[1].bar_label(bars, labels=[f"{v:.1f}" for v in p95], fontsize=8)
+    axes[1].set_title("latency, ms (capture to sinks)", fontsize=10)
+    for key, ax in (("fps", axes[0]), ("latency_p95_ms", axes[1])):
+        if goals and key in goals:
+            ax.axhline(goals[key][1], color="black", linestyle="--", linewidth=1,
+                       label=f"goal {goals[key][0]} {goals[key][1]:g}")
+        ax.legend(fontsize=7, loc="lower right")
+    bottom = np.zeros(len(names))
+    stages = [s for s in drivers[names[0]]["stages_ms"] if s != "sinks"]
+    for stage, colour in zip(stages, plt.cm.tab10.colors):
+        values = np.array([drivers[n]["stages_ms"].get(stage, {"p50": 0.0})["p50"] for n in names])
+        axes[2].bar(x, values, bottom=bottom, label=stage, color=colour)
+        bottom += values
+    axes[2].set_title("stage p50, ms per frame", fontsize=10)
+    axes[2].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xticks(x, [f"{n}\n{drivers[n]['clip_size'][0]}x{drivers[n]['clip_size'][1]}" for n in names], fontsize=8)
+        ax.margins(y=0.2)
+    fig.suptitle(f"mesh engine, {size[0]}x{size[1]} output: the synthesized clip and real driving videos",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def gpu_missing() -> str | None:
@@ -182,7 +302,7 @@ def plot_backends(backends: dict, ratio: float | None, path: Path) -> None:
     plt.close(fig)
 
 
-def compare_backends(args: argparse.Namespace, avatar: Path, clip: Path, driving: np.ndarray, started: float) -> dict:
+def compare_backends(args: argparse.Namespace, avatar: Path, clip: Path, started: float) -> dict:
     """--engine fomm: each backend warmed up once, then the backends take turns for --repeats rounds."""
     backends = [b for b in args.backends.split(",") if b]
     first_start = {}
@@ -216,7 +336,7 @@ def compare_backends(args: argparse.Namespace, avatar: Path, clip: Path, driving
     if "auto" in results:
         animated = args.out / "animated.mp4"
         run_app(args, avatar, clip, args.out / "stats_with_output.json", output=animated, backend="auto")
-        write_png(args.out / "contact_sheet.png", contact_sheet(driving, animated))
+        write_png(args.out / "contact_sheet.png", contact_sheet(clip, animated))
     plot_backends(results, ratio, args.out / "backends.png")
     return {"engine": "fomm", "framing": args.framing, "output_size": list(output_size(args)),
             "frames": args.frames, "clip_size": clip_dims(args),
@@ -240,14 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out / "live_perf.json", {"engine": "fomm", "device": "cuda", "skipped": missing})
         print(f"skipped: {missing}")
         return 0
-    clip, avatar, driving = write_inputs(args.out, args.frames, args.clip_size, args.clip_width)
+    videos = real_videos(args.camera)  # a wrong path fails before any slow step
+    clip, avatar = write_inputs(args.out, args.frames, args.clip_size, args.clip_width)
     if args.engine == "fomm":
         args.random_checkpoint = args.checkpoint is None
         if args.random_checkpoint:
             from models.fomm.checkpoint import save_random_checkpoint
 
             args.checkpoint = save_random_checkpoint(args.out / "random_fomm.pth.tar")
-        report = compare_backends(args, avatar, clip, driving, started)
+        report = compare_backends(args, avatar, clip, started)
         write_json(args.out / "live_perf.json", report)
         for backend, result in report["backends"].items():
             medians = result["medians"]
@@ -258,32 +379,59 @@ def main(argv: list[str] | None = None) -> int:
             print(f"auto / best explicit ({report['best_explicit']}): {report['auto_vs_best_explicit']:.3f}")
         return 0
 
-    runs, command = [], []
+    # The drivers take turns in every round, so a busy moment of the machine spreads over all of them.
+    drivers = {SYNTHESIZED: clip, **dict(zip(driver_names(videos), videos))}
+    frame_limit = {name: None if name == SYNTHESIZED else args.camera_frames for name in drivers}
+    runs: dict[str, list[dict]] = {name: [] for name in drivers}
+    commands: dict[str, list[str]] = {}
     for repeat in range(args.repeats):
-        stats, command = run_app(args, avatar, clip, args.out / f"stats_run{repeat + 1}.json")
-        runs.append(stats)
-        log.info("run %d: %s", repeat + 1, headline(stats))
-    medians = {key: float(np.median([headline(s)[key] for s in runs])) for key in headline(runs[0])}
-
-    animated = args.out / "animated.mp4"
-    run_app(args, avatar, clip, args.out / "stats_with_output.json", output=animated)
-    write_png(args.out / "contact_sheet.png", contact_sheet(driving, animated))
+        for name, path in drivers.items():
+            stats_name = f"stats_run{repeat + 1}.json" if name == SYNTHESIZED else f"stats_{name}_run{repeat + 1}.json"
+            stats, commands[name] = run_app(args, avatar, path, args.out / stats_name, max_frames=frame_limit[name])
+            runs[name].append(stats)
+            log.info("%s run %d: %s", name, repeat + 1, headline(stats))
 
     width, height = output_size(args)
     goals = GOALS.get((args.framing, width, height)) if args.engine == "mesh" else None
+    results, sheets = {}, []
+    for name, path in drivers.items():
+        medians = {key: float(np.median([headline(s)[key] for s in runs[name]])) for key in headline(runs[name][0])}
+        animated = args.out / ("animated.mp4" if name == SYNTHESIZED else f"animated_{name}.mp4")
+        run_app(args, avatar, path, args.out / f"stats_{name}_with_output.json", output=animated,
+                max_frames=frame_limit[name])
+        sheets.append(contact_sheet(path, animated, label=name))
+        info = video_info(path)
+        results[name] = {"path": str(path), "frames": runs[name][0]["frames"], "clip_size": [info.width, info.height],
+                         "clip_fps": round(info.fps, 3), "medians": medians,
+                         "stages_ms": median_stages(runs[name]),
+                         "goals": judge(medians, goals) if goals else None,
+                         "command": " ".join(commands[name]), "runs": runs[name]}
+    write_png(args.out / "contact_sheet.png", stacked(sheets))
+    plot_drivers(results, goals, (width, height), args.out / "live_perf.png")
+    synthesized = results[SYNTHESIZED]
     report = {
         "engine": args.engine, "framing": args.framing, "output_size": [width, height], "frames": args.frames,
-        "clip_size": clip_dims(args), "repeats": args.repeats, "command": " ".join(command), "medians": medians,
-        "goals": judge(medians, goals) if goals else None,
-        "providers": runs[0]["providers"], "stages_ms_run1": runs[0]["stages_ms"], "runs": runs,
+        "clip_size": clip_dims(args), "repeats": args.repeats, "command": synthesized["command"],
+        "medians": synthesized["medians"], "goals": synthesized["goals"],
+        "providers": runs[SYNTHESIZED][0]["providers"], "stages_ms_run1": runs[SYNTHESIZED][0]["stages_ms"],
+        "runs": runs[SYNTHESIZED],
+        "drivers": results,
+        "goals_met_all_drivers": None if not goals else all(v["met"] for r in results.values()
+                                                            for v in r["goals"].values()),
+        "timing": "the drivers take turns in every round; medians over the rounds",
         "bench_seconds": round(time.perf_counter() - started, 1),
     }
     write_json(args.out / "live_perf.json", report)
-    print(f"{args.engine} @ {width}x{height} ({args.framing}): {medians['fps']:.0f} fps, "
-          f"latency p95 {medians['latency_p95_ms']:.1f} ms, "
-          f"peak RSS {medians['peak_rss_mb']:.0f} MB, startup {medians['startup_s']:.2f} s")
-    for key, verdict in (report["goals"] or {}).items():
-        print(f"  {key}: {verdict['value']:g} (goal {verdict['goal']}) {'met' if verdict['met'] else 'NOT met'}")
+    for name, result in results.items():
+        medians = result["medians"]
+        print(f"{args.engine} @ {width}x{height} ({args.framing}), {name} {result['clip_size'][0]}x"
+              f"{result['clip_size'][1]}: {medians['fps']:.0f} fps, latency p50 {medians['latency_p50_ms']:.1f} / "
+              f"p95 {medians['latency_p95_ms']:.1f} ms, peak RSS {medians['peak_rss_mb']:.0f} MB, "
+              f"startup {medians['startup_s']:.2f} s; stages p50 "
+              + ", ".join(f"{stage} {value['p50']:.1f}" for stage, value in result["stages_ms"].items()
+                          if stage != "sinks") + " ms")
+        for key, verdict in (result["goals"] or {}).items():
+            print(f"  {key}: {verdict['value']:g} (goal {verdict['goal']}) {'met' if verdict['met'] else 'NOT met'}")
     return 0
 
 
