@@ -372,9 +372,9 @@ class Pose3D:
         z·|m| for depth): the rotation turned by the similarity's angle, the shift carried by it,
         the pivot the other face's own."""
         if self.is_identity:
-            # turn·I·turnᵀ is I only up to rounding, and an unmoved head must stay exactly unmoved: the
-            # mesh engine lays a moved head over its room plate, whose blurred fill then shows
-            # through the matte's soft edge (dark slivers beside the collar on a still head).
+            # turn·I·turnᵀ is I only up to rounding, and an unmoved head must stay exactly unmoved: a
+            # pose that is not the identity makes the engines resample a head that did not move
+            # (with the old head layer, its room plate showed as dark slivers beside the collar).
             return Pose3D(pivot=np.asarray(other_pivot, dtype=np.float64))
         turn = in_plane_rotation(math.atan2(to_other.m.imag, to_other.m.real))
         return Pose3D(turn @ self.rotation @ turn.T, self.scale, np.asarray(other_pivot, dtype=np.float64),

@@ -284,8 +284,9 @@ def _person_mask(image_bgr: np.ndarray) -> np.ndarray | None:
 
         with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as segmenter:
             result = segmenter.process(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
-    except Exception as exc:  # noqa: BLE001 - any failure leaves the head unlayered, not the app down
-        log.warning("no person mask for the avatar (%s); the room beside the head will stretch with it", exc)
+    except Exception as exc:  # noqa: BLE001 - any failure costs the hair-aware ring, not the app
+        log.warning("no person mask for the avatar (%s); its hair and the room beside the head bend with "
+                    "the head's full fade", exc)
         return None
     mask = result.segmentation_mask
     return None if mask is None else np.asarray(mask, dtype=np.float32)
