@@ -33,11 +33,12 @@ the room, the outline's band, then the face's triangles from far to near; a face
 orientation flipped shows its back and is not drawn, so a turned head hides its far side instead of
 folding it (a flipped triangle of the room, the band or the face's outermost row is a squeeze, and
 is drawn: left out, it opened a hole). Each grid sample takes its triangle's affine map (target →
-source); the map is upsampled and applied by one cv2.remap, only within the box of pixels that can
-change. Then, where the driver opens the mouth wider than the avatar: the mouth interior, the driver's own teeth and tongue from the driving frame
-(inside their inner lips, eroded, so their lips never show, its colours carried out to the avatar's
-lips), lit as the avatar's cheeks are (brightness, and a little of their warmth: teeth stay white),
-over a shaded cavity, under the avatar's moustache if it has one, faded in with the opening.
+source); the map is upsampled and applied by cv2.remap in bands, only over the pixels that can
+change. Then, where the driver opens the mouth wider than the avatar: the mouth interior, the
+driver's own teeth and tongue from the driving frame (inside their inner lips, eroded, so their lips
+never show, its colours carried out to the avatar's lips), lit as the avatar's cheeks are
+(brightness, and a little of their warmth: teeth stay white), over a shaded cavity, under the
+avatar's moustache if it has one, faded in with the opening.
 
 The eyes are the warp's: blinks, winks and widening move the lids (with their lashes) and the photo's
 own eye between them; a gaze moves the iris vertex along the eye (as far as the driver's iris moves
@@ -66,7 +67,8 @@ from avatarify.engines.mesh.eyes import FAN_BEHIND, EyeRig
 from avatarify.engines.mesh.mouth import MouthPainter
 from avatarify.engines.mesh.outline import (EDGE_ROOM, HAIR_REACH, NECK_START, ROI_MARGIN, ROOM_MASK_BLUR,
                                             HeadOutline, _person_mask)
-from avatarify.motion import EYES, FACE_OVAL, MotionSettings, MotionTarget, MotionTransfer, NUM_LANDMARKS, NUM_MESH_POINTS, as_complex, as_points, head_outline
+from avatarify.motion import (EYES, FACE_OVAL, NUM_LANDMARKS, NUM_MESH_POINTS, MotionSettings, MotionTarget,
+                              MotionTransfer, as_complex, as_points, head_outline)
 
 log = logging.getLogger(__name__)
 

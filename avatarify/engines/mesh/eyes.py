@@ -16,14 +16,11 @@ from avatarify.motion import EYES, EyeIndices
 
 log = logging.getLogger(__name__)
 
-
 IRIS_REACH = 0.22  # how far along the eye the iris may move from the avatar's own place, in eye widths
-
 # The iris centre stays this far between the lower (0) and upper (1) lid: nearer a lid the fan's
 # triangles beside it are squashed so thin that the grid's map misses the lid's landmarks by up to
 # 0.8 px (at 0.15 / 0.85).
 GAZE_SHARE = (0.25, 0.75)
-
 # The iris vertex moves across the eye this many times as far as the driver's iris moved over their
 # eye's corner line: static Face Mesh reads little of it. Moved by 0.08 eye widths without the slide
 # under the lid, it read 0.005-0.019 higher or lower (astronaut, a real photo, a cartoon, two real
@@ -31,15 +28,14 @@ GAZE_SHARE = (0.25, 0.75)
 # lower, one up only 0.000-0.009 higher (the drivers' frames). More gain distorts the iris
 # visibly, and GAZE_SHARE bounds it anyway.
 GAZE_GAIN = 2.5
-
 # The vertical gaze fades out as the lids close from the second to the first share of their own
 # opening (looking down lowers the upper lid too, a blink shuts it).
 GAZE_OPEN = (0.4, 0.7)
-
 # An eye's fan is drawn as if this share of the face size deeper than its corners: behind the lid
 # skin around it (Face Mesh's lid and lash-ring depths differ by far less), in front of the head's
 # far side.
 FAN_BEHIND = 0.02
+
 
 @dataclass
 class _Gaze:
@@ -62,12 +58,14 @@ class _Gaze:
     lids: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     reach: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
 
+
 def _eye_frame(points: np.ndarray, eye: EyeIndices) -> tuple[tuple[complex, complex], complex]:
     """The eye's own frame (its first corner and the vector to the other: corner to corner = 0..1
     along the real axis) and the iris centre in it."""
     corner = complex(*points[eye.corners[0]])
     axis = complex(*points[eye.corners[1]]) - corner
     return (corner, axis), (complex(*points[eye.iris_centre]) - corner) / axis
+
 
 def _lids_across(points: np.ndarray, eye: EyeIndices, frame: tuple[complex, complex],
                  along: float) -> tuple[float, float]:
@@ -117,7 +115,8 @@ class EyeRig:
         rig = _Gaze(eye, vertex, iris.real, iris.imag, np.zeros(2))
         lower, upper = _lids_across(points, eye, frame, iris.real)
         rig.opening = max(abs(upper - lower), 1e-6)
-        rig.share = float(np.clip((iris.imag - lower) / (upper - lower), *GAZE_SHARE)) if abs(upper - lower) > 1e-6 else 0.5
+        share = (iris.imag - lower) / (upper - lower) if abs(upper - lower) > 1e-6 else 0.5
+        rig.share = float(np.clip(share, *GAZE_SHARE))
         rig.rest, _ = self._iris_position(points, rig)
         rig.gap = abs(upper - lower) * abs(frame[1])
         rig.up = complex(frame[1] * 1j * np.sign(upper - lower) / abs(frame[1]))

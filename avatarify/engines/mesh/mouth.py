@@ -15,51 +15,39 @@ import numpy as np
 
 from avatarify.datatypes import DrivingFrame
 from avatarify.engines.mesh.geometry import _box_around, _polygon_mask
-from avatarify.motion import INNER_LIPS, MOUTH_CORNERS, MOUTH_INNER_BOTTOM, MOUTH_INNER_TOP, MotionTarget, NUM_MESH_POINTS, OUTER_LIPS, mouth_open_ratio
+from avatarify.motion import (INNER_LIPS, MOUTH_CORNERS, MOUTH_INNER_BOTTOM, MOUTH_INNER_TOP, NUM_MESH_POINTS,
+                              OUTER_LIPS, MotionTarget, mouth_open_ratio)
 
 log = logging.getLogger(__name__)
 
-
 CAVITY_START = 0.02  # mouth-open ratio above the avatar's own at which the cavity starts to show
-
 CAVITY_FULL = 0.08  # ... and at which it is fully shown
-
 # The driver's mouth interior is used inside their inner lips eroded by this share of their lip gap
 # (their lips never show), its colours carried out to the avatar's inner lips (no dark cavity ring
 # between them), lit as the avatar: their skin's brightness matched by a gain within this range.
 MOUTH_INSET = 0.12
-
 MOUTH_GAIN_RANGE = (0.6, 1.6)
-
 # The white balance of the interior follows the avatar's light along the warm-cool axis only (the
 # way daylight, lamps and old prints differ; a green-magenta difference between two faces is their
 # skin, not their light), from the two people's cheeks, by at most this log red/blue gain each way:
 # skin hue differs between people as much as light does, and a few % already tints white teeth
 # (their saturation rises by about the red/blue gain spread).
 MOUTH_WHITE_REACH = 0.02
-
 CHEEKS = (50, 280, 118, 347)  # below the eyes, above any beard: the skin whose light is matched
-
 # The avatar's moustache hangs over the opened mouth: pixels darker than this share of its cheeks'
 # grey, hanging unbroken from the upper lip's middle, in blobs wider than MOUSTACHE_MIN_WIDTH face
 # sizes (thinner dark lines are the closed lips' seam and its shadow), drawn over the interior.
 MOUSTACHE_DARK = 0.65
-
 MOUSTACHE_MIN_WIDTH = 0.02
-
 # The upper lip's outer and inner contours: the moustache moves with them as one piece.
 UPPER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
-
 MOUTH_FEATHER = 0.003  # the interior's edge fades over the lips' inner edge (Gaussian sigma, face sizes)
-
 GREY_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BGR weights of grey (Rec. 601, as cv2's)
-
 # Cavity colours, BGR: dark red-brown at the lips fading to near-black at the back of the mouth.
 CAVITY_EDGE_BGR = np.array([38, 36, 92], np.float32)
-
 CAVITY_BACK_BGR = np.array([14, 12, 28], np.float32)
-
 TEETH_BGR = np.array([170, 188, 200], np.float32)
+
 
 @dataclass
 class _MouthRig:

@@ -17,34 +17,26 @@ from avatarify.motion import CHIN, FACE_OVAL, FOREHEAD, MotionTarget, as_complex
 
 log = logging.getLogger(__name__)
 
-
 # The head's motion fades out over this share of the face size outside the ring (to a still ring,
 # and the ROI box around it), along FADE_RINGS rings whose share of the motion falls as a smoothstep:
 # the displacement has no kink at the head's outline nor at the still ring, so hair, cloth and a
 # collar bend smoothly between the head's motion and the body's instead of tearing. The fade must
 # be longer than the ring moves, or the warp folds (each band may take at most its own width).
 ROI_MARGIN = 0.5
-
 FADE_RINGS = 4
-
 # Where the person mask shows no person (the room beside the head), the motion fades out over this
 # shorter reach: the wall and the shelf beside a head bend less; the mask is blurred by
 # ROOM_MASK_BLUR face sizes first, so the share changes smoothly from hair to room (no fold).
 ROOM_FADE = 0.12
-
 ROOM_MASK_BLUR = 0.08
-
 RING_SQUEEZE = 0.4  # the skin between face outline and ring may shrink to this share of its width
-
 # Hair within HAIR_REACH face sizes beyond the head outline moves with the head as one piece (the
 # outline grows over it, plus HAIR_MARGIN of the reach), above NECK_START face heights below the chin.
 HAIR_REACH = 0.35
-
 HAIR_MARGIN = 0.3
-
 NECK_START = 0.03
-
 EDGE_ROOM = 0.2  # the ring keeps this share of the face size inside a photo edge beside the fill
+
 
 def _person_mask(image_bgr: np.ndarray) -> np.ndarray | None:
     """float32 [0, 1] person mask of the picture (MediaPipe selfie segmentation, general model), or
@@ -60,6 +52,7 @@ def _person_mask(image_bgr: np.ndarray) -> np.ndarray | None:
         return None
     mask = result.segmentation_mask
     return None if mask is None else np.asarray(mask, dtype=np.float32)
+
 
 def _fade_reach(points: np.ndarray, body: np.ndarray | None) -> np.ndarray:
     """Per point, the share of ROI_MARGIN over which the head's motion fades out there: all of it
@@ -138,10 +131,9 @@ class HeadOutline:
         folds over it), free where the ROI ends at the image's own edge (that edge slides)."""
         lo = np.array(self._ring_box[:2], np.float32)
         hi = np.array(self._ring_box[2:], np.float32)
-        bx0, by0, bx1, by1 = self._bounds
-        width, height = self._image_size
-        lo[[grid.x0 == bx0 == 0, grid.y0 == by0 == 0]] = -np.inf
-        hi[[grid.x0 + grid.width == bx1 == width, grid.y0 + grid.height == by1 == height]] = np.inf
+        width, height = self._image_size  # the picture's own edges (not the photo's beside the fill)
+        lo[[grid.x0 == 0, grid.y0 == 0]] = -np.inf
+        hi[[grid.x0 + grid.width == width, grid.y0 + grid.height == height]] = np.inf
         return lo, hi
 
     def _fade_rings(self, ring: np.ndarray, margin_px: float, grid: _Grid,
@@ -181,12 +173,11 @@ class HeadOutline:
         cut by the crop), the edge slides along itself with the head as the ring's motion fades
         over `reach_px`, as it does inside the ROI; pinning it would tear hair or a hat that the
         crop cuts. It never leaves its edge, so the mesh keeps covering the picture."""
-        bx0, by0, bx1, by1 = self._bounds
-        off = (border < (bx0, by0)) | (border > (bx1 - 1.0, by1 - 1.0))  # beyond left/right, top/bottom
-        # Only the picture's own edge slides: where the photo ends beside the fill, a sliding edge
-        # would shear the photo's last rows against the still fill beside them (a line).
+        # Beyond the left/right, top/bottom edge. Only the picture's own edge slides: where the photo
+        # ends beside the fill, a sliding edge would shear the photo's last rows against the still
+        # fill beside them (a line).
         width, height = self._image_size
-        off &= (border < 0.0) | (border > (width - 1.0, height - 1.0))
+        off = (border < 0.0) | (border > (width - 1.0, height - 1.0))
         distance = np.linalg.norm(border[:, None, :] - self._ring_src[None, :, :], axis=2)
         nearest = distance.argmin(axis=1)
         fade = 1.0 - _smoothstep(distance.min(axis=1) / (max(reach_px, 1.0) * _fade_reach(border, body)))
