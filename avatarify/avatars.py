@@ -37,7 +37,7 @@ class AvatarFraming:
     """How avatar photos are framed: "call" (camera-size picture) or "crop" (square face crop)."""
 
     mode: str = "call"
-    fill: str = "blur"  # beside a narrow photo, for "call" (compose.FILLS)
+    fill: str = "blur"  # beside a narrow photo, for "call" (config.FILLS)
     width: int = 1280  # camera frame, for "call"
     height: int = 720
     crop_size: int = 256  # for "crop"

@@ -31,12 +31,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from avatarify.config import FILLS
 from avatarify.datatypes import FaceLandmarks
 from avatarify.motion import NUM_MESH_POINTS, Similarity, head_outline
 from avatarify.tracking import crop_matrix, crop_square, square_face_box
-
-FRAMINGS = ("call", "crop")
-FILLS = ("blur", "zoom")
 
 # Where the face sits in a call frame: the face box (chin to upper forehead, Face Mesh's extent)
 # covers this share of the frame height, its top this far down (the skull and hair fill the head
