@@ -188,15 +188,25 @@ def run_pair(driver: Path, photo: Path, work: Path, max_frames: int | None) -> t
     return video, read_json(stats)
 
 
-def score_video(video: Path, driver: str, photo: str) -> tuple[PairScore, list[tuple[int, np.ndarray]], BandScorer]:
-    """Scores of every FRAME_STEP-th frame; the frames themselves are kept for the worst ones."""
+@dataclass
+class ScoredFrame:
+    """One scored frame kept for the sheet: its index, share, picture and residual mask."""
+
+    index: int
+    share: float
+    frame_bgr: np.ndarray
+    residual: np.ndarray
+
+
+def score_video(video: Path, driver: str, photo: str) -> tuple[PairScore, list[ScoredFrame], BandScorer]:
+    """Scores of every FRAME_STEP-th frame, and the WORST_SHOWN worst frames with their residual."""
     capture = cv2.VideoCapture(str(video))
     ok, frame0 = capture.read()
     if not ok:
         raise RuntimeError(f"{video} holds no frame")
     scorer = BandScorer(frame0)
     score = PairScore(driver, photo, 1, scorer.face_size)
-    kept: list[tuple[int, np.ndarray]] = []
+    worst: list[ScoredFrame] = []
     index = 0
     while True:
         ok, frame = capture.read()
@@ -206,28 +216,26 @@ def score_video(video: Path, driver: str, photo: str) -> tuple[PairScore, list[t
         if index % FRAME_STEP:
             continue
         residual, motion = scorer.residual(frame)
-        score.shares.append(scorer.share(residual))
+        share = scorer.share(residual)
+        score.shares.append(share)
         score.motions.append(motion)
         score.frame_ids.append(index)
-        kept.append((index, frame))
         # Only the worst frames are shown: keep the frames of the top scores, drop the rest.
-        if len(kept) > 4 * WORST_SHOWN:
-            cut = sorted(kept, key=lambda item: -score.shares[score.frame_ids.index(item[0])])[:WORST_SHOWN]
-            kept = sorted(cut, key=lambda item: item[0])
+        worst.append(ScoredFrame(index, share, frame, residual))
+        if len(worst) > 4 * WORST_SHOWN:
+            worst = sorted(worst, key=lambda kept: -kept.share)[:WORST_SHOWN]
     capture.release()
     score.frames = index + 1
-    return score, kept, scorer
+    return score, sorted(worst, key=lambda kept: -kept.share)[:WORST_SHOWN], scorer
 
 
-def worst_sheet(score: PairScore, kept: list[tuple[int, np.ndarray]], scorer: BandScorer) -> np.ndarray:
-    """Rows of (frame | residual marked), the six worst frames, each scaled to 640 px wide."""
-    by_share = dict(zip(score.frame_ids, score.shares))
+def worst_sheet(score: PairScore, worst: list[ScoredFrame], scorer: BandScorer) -> np.ndarray:
+    """Rows of (frame | residual marked), the worst frames first, each row scaled to 1280 px wide."""
     rows = []
-    for index, frame in sorted(kept, key=lambda item: -by_share[item[0]])[:WORST_SHOWN]:
-        residual, _ = scorer.residual(frame)
-        pair = np.hstack([frame, marked(frame, residual, scorer)])
+    for kept in worst:
+        pair = np.hstack([kept.frame_bgr, marked(kept.frame_bgr, kept.residual, scorer)])
         pair = cv2.resize(pair, (1280, int(round(pair.shape[0] * 1280 / pair.shape[1]))), interpolation=cv2.INTER_AREA)
-        cv2.putText(pair, f"{score.driver} x {score.photo}  frame {index}  share {by_share[index]:.4f}", (8, 22),
+        cv2.putText(pair, f"{score.driver} x {score.photo}  frame {kept.index}  share {kept.share:.4f}", (8, 22),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 1, cv2.LINE_AA)
         rows.append(pair)
     return np.vstack(rows) if rows else np.zeros((8, 8, 3), np.uint8)
@@ -284,12 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 started = time.perf_counter()
                 work = args.out if args.keep_videos else Path(scratch)
                 video, stats = run_pair(driver, photo, work, args.max_frames)
-                score, kept, scorer = score_video(video, driver.stem, name)
+                score, worst, scorer = score_video(video, driver.stem, name)
                 score.fps = float(stats.get("fps", 0.0))
                 summary = score.summary()
                 summary.update(judged(summary, None if baseline is None else baseline.get((driver.stem, name))))
                 pairs.append(summary)
-                write_png(args.out / f"artifacts_{driver.stem}_{name}.png", worst_sheet(score, kept, scorer))
+                write_png(args.out / f"artifacts_{driver.stem}_{name}.png", worst_sheet(score, worst, scorer))
                 log.info("%s x %s: median %.4f p95 %.4f motion %.4f (%.0f s)", driver.stem, name, summary["median"],
                          summary["p95"], summary["motion"], time.perf_counter() - started)
     goals = [v for p in pairs for k, v in p.items() if k.endswith("_ok") and v is not None]
