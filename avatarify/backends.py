@@ -184,17 +184,27 @@ BF16_NEEDS = "AVX-512 (BW, VL and DQ) or AVX-NE-CONVERT"
 def bf16_runs(flags: tuple[str, ...] | list[str]) -> bool:
     """torch can run bf16 convolutions on a CPU with these flags (natively or emulated by oneDNN)."""
     if not flags:  # no /proc/cpuinfo (Windows, macOS): torch's own check
-        import torch
-
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return torch_bf16_supported()
     return any(all(flag in flags for flag in group) for group in BF16_CPU_GROUPS)
 
 
-def bf16_runs_here() -> bool:
-    """bf16_runs for this machine's CPU (through cpu_flags, which tests replace to fake a CPU)."""
+def torch_bf16_supported() -> bool:
+    """torch's own answer: oneDNN's bf16 kernels run here. It also honours an instruction set held
+    down (ONEDNN_MAX_CPU_ISA=AVX2, how a CPU without AVX-512 is tried on one that has it), which the
+    CPU's flags do not show: there the flags said yes and the first convolution stopped with
+    oneDNN's traceback."""
     import torch
 
-    return torch.backends.mkldnn.is_available() and bf16_runs(cpu_flags())
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else True
+
+
+def bf16_runs_here() -> bool:
+    """bf16_runs for this machine's CPU (through cpu_flags and torch_bf16_supported, which tests
+    replace to fake a CPU)."""
+    import torch
+
+    return torch.backends.mkldnn.is_available() and bf16_runs(cpu_flags()) and torch_bf16_supported()
 
 
 def bf16_refusal(cpu: str) -> str:
@@ -273,10 +283,10 @@ class Machine:
         if tensorrt is None and importlib.util.find_spec("tensorrt") is not None:
             tensorrt = "unknown version"
         wheels = ", ".join(f"{name} {_version(name)}" for name in _CUDA_WHEELS if _version(name))
+        bf16_runs = bf16_runs_here()  # native bf16 that oneDNN will not run (an ISA held down) is none
         return cls(torch_version=torch.__version__, torch_cuda=torch_cuda, ort_package=ort_package,
                    ort_providers=ort_providers, tensorrt=tensorrt,
-                   native_bf16=has_native_bf16(flags) and torch.backends.mkldnn.is_available(),
-                   bf16_runs=bf16_runs_here(),
+                   native_bf16=has_native_bf16(flags) and bf16_runs, bf16_runs=bf16_runs,
                    gpus=tuple(gpus or driver_gpus()), cpu=cpu_model(),
                    cpu_flags=tuple(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4", "asimd", "sve"))),
                    threads=torch.get_num_threads(), cuda_libraries=wheels)

@@ -146,11 +146,13 @@ def test_fomm_torch_backend_runs_the_fast_net_on_the_cpu(clip, photos, fomm_chec
                      "--no-preview", "--no-virtual-cam")
     assert result.returncode == 0, result.stderr
     stats = json.loads(stats_path.read_text())
-    # --precision auto with an explicit --backend torch: bf16 where the CPU has AMX, else the fast
-    # fp32 net (bf16 on AVX512_BF16 alone is not reliably faster; --backend auto times both).
+    # --precision auto with an explicit --backend torch: bf16 where the CPU has AMX and bf16 runs,
+    # else the fast fp32 net (bf16 on AVX512_BF16 alone is not reliably faster; --backend auto times
+    # both).
     from avatarify.backends import Machine
 
-    expected = "torch-cpu-bf16" if "amx_bf16" in Machine.detect().cpu_flags else "torch-cpu-optimized"
+    machine = Machine.detect()
+    expected = "torch-cpu-bf16" if "amx_bf16" in machine.cpu_flags and machine.bf16_runs else "torch-cpu-optimized"
     assert stats["frames"] == 2 and stats["providers"] == [expected]
     assert stats["device"] == "cpu" and stats["choice"] == "--backend torch" and stats["frame_io"] == "host"
 

@@ -156,10 +156,12 @@ SKYLAKE = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6148 CPU\n"
 
 
 def _fake_cpu(monkeypatch, cpuinfo: str) -> Machine:
-    """This machine with another CPU's flags: the one function that reads them is replaced."""
+    """This machine with another CPU's flags: the one function that reads them is replaced, and
+    torch's own bf16 check (which reads this machine, not the fake) is left to those flags."""
     flags, model = cpu_flags, cpu_model
     monkeypatch.setattr("avatarify.backends.cpu_flags", lambda text=None: flags(cpuinfo if text is None else text))
     monkeypatch.setattr("avatarify.backends.cpu_model", lambda text=None: model(cpuinfo if text is None else text))
+    monkeypatch.setattr("avatarify.backends.torch_bf16_supported", lambda: True)
     return Machine.detect()
 
 
