@@ -18,7 +18,12 @@ Per avatar (`set_avatar`), everything that does not depend on the driver is prec
     outline), fade rings outside it whose share of the head's motion falls as a smoothstep to a
     still ring half a face size out (a quarter of that over the room beside the head, where the
     person mask shows none), and points on the ROI's border (fixed inside the photo, sliding
-    along the picture's own edge where it cuts the head). Hair, cloth and collar so bend smoothly
+    along the picture's own edge where it cuts the head). The face is Delaunay-triangulated; the
+    band between the face's edge and the ring is a strip of quads, each outline point joined
+    straight out to its own ring point (the face's edge: the outline, or the face point beyond it
+    where Face Mesh's outline runs inside the face, as in a three-quarter view); the room is
+    Delaunay again. A fade ring never falls behind the one inside it (a lean toward the room
+    squeezes the room instead of folding it). Hair, cloth and collar so bend smoothly
     between the head's motion and the body's: an earlier head layer over an inpainted room plate
     cut them in a hard line (hair on the shoulders, a headscarf, a collar) and showed the plate's
     low resolution. Face vertices carry Face Mesh's depth; the ring lies in the plane of the
@@ -84,6 +89,17 @@ FACE_SIZE_PER_STEP = 90.0
 # of ~80 px: 2.85 ms against 3.0 at 32 px and 4.4 for the whole box at once) and at a 256 crop (one band).
 WARP_BAND_PIXELS = 65536
 MIN_AVATAR_SIDE = 32
+# Points across the band between the face's edge and the ring, as shares of the way out: they move
+# that share of the way between the edge's and the ring's motion, so the band's map bends once
+# more across its width (the cheek's own edge often lies in the band: Face Mesh's outline runs
+# a little inside it).
+BAND_STEPS = np.array([0.5])
+
+
+def _inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """(N,) bool: which points lie strictly inside the polygon."""
+    polygon = np.asarray(polygon, np.float32)
+    return np.array([cv2.pointPolygonTest(polygon, (float(x), float(y)), False) > 0 for x, y in points], bool)
 
 
 class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
@@ -185,11 +201,16 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         faces = len(self._warp_points)
         inside = np.clip(points[self._warp_points].astype(np.float64), self._ring_box[:2],
                          self._ring_box[2:]).astype(np.float32)
-        self._vertices_src = np.concatenate([inside, self._ring_src, border])
-        self._num_moving = faces + len(ring)
+        self._oval_vertex = np.searchsorted(self._warp_points[:-len(EYES)], list(FACE_OVAL))
+        self._band_inner = self._silhouette_vertices(inside[:faces - len(EYES)], self._oval_vertex, self._ring_src)
+        edge = inside[self._band_inner]
+        across = (self._ring_src - edge)[None] * BAND_STEPS[:, None, None] + edge[None]
+        self._vertices_src = np.concatenate([inside, self._ring_src, across.reshape(-1, 2), border])
+        self._num_moving = faces + len(ring) * (1 + len(BAND_STEPS))
+        self._fade_order(ring, fade, fade_nearest, faces, self._num_moving)
         iris_vertices = list(range(faces - len(EYES), faces))
-        others = [i for i in range(len(self._vertices_src)) if i not in iris_vertices]
-        triangles = np.asarray(others, np.int32)[Delaunay(self._vertices_src[others].astype(np.float64)).simplices]
+        triangles = np.concatenate([self._face_triangles(faces - len(EYES)),
+                                    self._band_strip(faces, len(ring)), self._room_triangles(faces, len(ring))])
         triangles, self._gaze_eyes = self._eye_fans(triangles, iris_vertices)
         # Drawing layers, back to front: the room (triangles touching the still ring or the ROI
         # border), the head outline's band (hair, ears, neck), the face (sorted by depth per frame;
@@ -217,6 +238,43 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         gy, gx = np.mgrid[grid.y0:grid.y0 + grid.height, grid.x0:grid.x0 + grid.width].astype(np.float32)
         self._full_grid = np.ascontiguousarray(np.stack([gx, gy], axis=-1))
         self.last_triangles: np.ndarray | None = None  # per grid sample: drawn triangle, -1 = at rest
+
+    def _delaunay(self, vertices: np.ndarray) -> np.ndarray:
+        """(T, 3) int32 Delaunay triangles over these vertices (indices into the mesh's)."""
+        vertices = np.asarray(vertices, np.int32)
+        return vertices[Delaunay(self._vertices_src[vertices].astype(np.float64)).simplices]
+
+    def _face_triangles(self, count: int) -> np.ndarray:
+        """Delaunay over the face's points, less those of three outline points outside the outline:
+        where the outline bends in, they made a sliver that a turn flipped into a folded wedge of
+        cheek (the band covers it). Other triangles outside the outline stay: in a three-quarter
+        view Face Mesh's outline runs across the far eye and cheek, which must move with the face."""
+        triangles = self._delaunay(np.arange(count))
+        pocket = np.isin(triangles, self._band_inner).all(axis=1)
+        pocket[pocket] = ~_inside(self._vertices_src[triangles[pocket]].mean(axis=1),
+                                  self._vertices_src[self._band_inner])
+        return triangles[~pocket]
+
+    def _band_strip(self, faces: int, ring_size: int) -> np.ndarray:
+        """The band between the face outline and the ring as a strip of quads, two triangles each:
+        from each outline point straight out to its ring point (through the BAND_STEPS points),
+        so the band's map follows the outline point by point. Delaunay tied outline and ring
+        points across neighbours, in long thin triangles whose map kinked the cheek's edge."""
+        rows = [self._band_inner] + [faces + ring_size * (1 + k) + np.arange(ring_size)
+                                      for k in range(len(BAND_STEPS))] + [faces + np.arange(ring_size)]
+        quads = []
+        for inner, outer in zip(rows[:-1], rows[1:]):
+            a, b = inner, np.roll(inner, -1)
+            c, d = np.roll(outer, -1), outer
+            quads += [np.stack([a, b, c], axis=1), np.stack([a, c, d], axis=1)]
+        return np.concatenate(quads).astype(np.int32)
+
+    def _room_triangles(self, faces: int, ring_size: int) -> np.ndarray:
+        """Delaunay over the ring, the fade rings and the ROI border, less the triangles inside the
+        ring (the band and the face cover it)."""
+        outer = np.concatenate([faces + np.arange(ring_size), np.arange(self._num_moving, len(self._vertices_src))])
+        triangles = self._delaunay(outer)
+        return triangles[~_inside(self._vertices_src[triangles].mean(axis=1), self._ring_src)]
 
     @staticmethod
     def _signed_areas(corners: np.ndarray) -> np.ndarray:
@@ -396,9 +454,13 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
             position, share = self._iris_position(target.points, gaze)
             vertices[gaze.vertex] += position - gaze.rest
             shares.append(share)
-        vertices[faces:self._num_moving] = ring
+        vertices[faces:faces + len(ring)] = ring
+        edge = vertices[self._band_inner]  # the face's edge, where the band starts
+        vertices[faces + len(ring):self._num_moving] = ((ring - edge)[None] * BAND_STEPS[:, None, None]
+                                                         + edge[None]).reshape(-1, 2)
         ring_motion = ring - self._ring_src
         vertices[self._num_moving:] += self._edge_share * ring_motion[self._edge_nearest]
+        self._kept_ahead(vertices)
         depth = self._vertex_depth + target.pose.shift[2]
         if target.depth is not None:
             depth[:faces] = target.depth[self._warp_points]

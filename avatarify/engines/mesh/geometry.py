@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from avatarify.motion import LASH_RINGS, NUM_MESH_POINTS, STABLE_POINTS
+from avatarify.motion import FACE_OVAL, LASH_RINGS, NUM_MESH_POINTS, STABLE_POINTS
 WARP_SPACING = 0.05  # face widths between the warp mesh's points away from the features (see warp_points)
+OUTLINE_CLEARANCE = 0.25  # of WARP_SPACING: how far from the face outline its points must lie
 
 
 @dataclass
@@ -77,11 +78,23 @@ def warp_points(mesh: np.ndarray) -> np.ndarray:
     keep |= set(STABLE_POINTS) | {i for ring in LASH_RINGS for i in ring}
     points = np.asarray(mesh, dtype=np.float64)[:NUM_MESH_POINTS]
     spacing = WARP_SPACING * float(np.ptp(points[:, 0]))
+    # Nor on the face outline: a point there made a sliver triangle with two outline points, which
+    # a turn flipped (drawn, it showed as a folded wedge of cheek at the face's edge).
+    clear = _distance_to_polygon(points, points[list(FACE_OVAL)]) >= OUTLINE_CLEARANCE * spacing
     kept = sorted(keep)
     for i in range(NUM_MESH_POINTS):
-        if i not in keep and np.linalg.norm(points[kept] - points[i], axis=1).min() >= spacing:
+        if i not in keep and clear[i] and np.linalg.norm(points[kept] - points[i], axis=1).min() >= spacing:
             kept.append(i)
     return np.array(sorted(kept))
+
+
+def _distance_to_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """(N,) distance of each point to the nearest edge of a closed polygon (M, 2)."""
+    start, end = polygon, np.roll(polygon, -1, axis=0)
+    edge = end - start
+    t = ((points[:, None] - start[None]) * edge[None]).sum(axis=2) / np.maximum((edge * edge).sum(axis=1), 1e-12)
+    nearest = start[None] + np.clip(t, 0.0, 1.0)[..., None] * edge[None]
+    return np.linalg.norm(points[:, None] - nearest, axis=2).min(axis=1)
 
 
 def _union(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:

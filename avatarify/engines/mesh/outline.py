@@ -151,8 +151,7 @@ class HeadOutline:
         # the ring juts out over hair, the rays beside it must not place their fade points inside
         # it, or shares 1 and less interleave and the hair zig-zags.
         envelope = np.array([np.take(radius, range(i - 3, i + 4), mode="wrap").max() for i in range(len(ring))])
-        lo = np.array([grid.x0, grid.y0]) + 2.0
-        hi = np.array([grid.x0 + grid.width, grid.y0 + grid.height]) - 3.0
+        lo, hi = self._fade_limits(grid)
         points, nearest, shares = [], [], []
         for t in np.arange(1, FADE_RINGS + 1) / FADE_RINGS:
             at = centre + (envelope[:, None] + t * margin_px) * rays
@@ -164,6 +163,72 @@ class HeadOutline:
             shares.append(np.repeat(share[:, None], 2, axis=1))
         return (np.concatenate(points).astype(np.float32), np.concatenate(nearest),
                 np.concatenate(shares).astype(np.float32))
+
+    @staticmethod
+    def _silhouette_vertices(points: np.ndarray, oval: np.ndarray, ring: np.ndarray) -> np.ndarray:
+        """Per ring point, the face vertex its band starts from: the face's outermost point along
+        the ray from the face's centre through that outline point (within half the angle to the
+        neighbouring outline points, and short of the ring), the outline point where none lies
+        farther out. In a three-quarter view Face Mesh's outline runs across the far eye and cheek:
+        a band from it covered them, and a far-side triangle that flipped showed the band's room
+        (black blobs) through the eye."""
+        centre = points[oval].mean(axis=0)
+        angle = np.angle((points[:, 0] - centre[0]) + 1j * (points[:, 1] - centre[1]))
+        radius = np.hypot(points[:, 0] - centre[0], points[:, 1] - centre[1])
+        ray = angle[oval]
+        gap = np.abs(np.angle(np.exp(1j * (np.roll(ray, -1) - np.roll(ray, 1))))) / 4.0  # half of half the span
+        reach = np.hypot(ring[:, 0] - centre[0], ring[:, 1] - centre[1])
+        apart = np.abs(np.angle(np.exp(1j * (angle[None, :] - ray[:, None]))))  # (rays, points)
+        within = (apart <= gap[:, None]) & (radius[None, :] * np.cos(apart) < 0.9 * reach[:, None])
+        outward = np.where(within, radius[None, :] * np.cos(apart), -np.inf)
+        best = outward.argmax(axis=1)
+        farther = outward[np.arange(len(oval)), best] > radius[oval] * np.cos(0.0) + 0.5
+        return np.where(farther, best, oval)
+
+    @staticmethod
+    def _fade_limits(grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
+        """The box fade points stay in, clear of the ROI border's points."""
+        lo = np.array([grid.x0, grid.y0], np.float32) + 2.0
+        hi = np.array([grid.x0 + grid.width, grid.y0 + grid.height], np.float32) - 3.0
+        return lo, hi
+
+    def _fade_order(self, ring: np.ndarray, fade: np.ndarray, fade_nearest: np.ndarray, ring_first: int,
+                    first: int) -> None:
+        """Per fade point (vertices from `first` on): the vertex just inside it on its ray (the
+        ring point for the first fade ring), the ray, and how close to that vertex it may come
+        (RING_SQUEEZE of their gap at rest); see `_kept_ahead`."""
+        centre = ring.mean(axis=0)
+        rays = fade - centre
+        rays /= np.maximum(np.linalg.norm(rays, axis=1, keepdims=True), 1e-6)
+        inner = ring_first + fade_nearest  # the ring's vertex on the same ray
+        level = np.zeros(len(fade), np.int64)
+        last_on_ray: dict[int, int] = {}
+        for index, ray in enumerate(fade_nearest):  # rings come in order, inner first
+            if ray in last_on_ray:
+                inner[index] = first + last_on_ray[ray]
+                level[index] = level[last_on_ray[ray]] + 1
+            last_on_ray[ray] = index
+        self._fade_levels = [np.flatnonzero(level == k) for k in range(int(level.max(initial=-1)) + 1)]
+        sources = np.concatenate([self._vertices_src[:first], fade])
+        gap = ((fade - sources[inner]) * rays).sum(axis=1)
+        self._fade_inner, self._fade_rays = inner, rays.astype(np.float32)
+        self._fade_gap = (RING_SQUEEZE * np.maximum(gap, 0.0)).astype(np.float32)
+        self._fade_first = first
+
+    def _kept_ahead(self, vertices: np.ndarray) -> None:
+        """Pushes each fade point out along its ray, in place, so that it stays ahead of the vertex
+        inside it: a head moving toward the room (a lean to the side, ⅓ face and more) carried its
+        ring past the still fade rings there (the room's fade is short), and those triangles
+        folded into a saw-tooth edge beside the cheek and along the hair. Pushed, the room just
+        beside the head is squeezed instead. Rings are pushed in order, inner first."""
+        first = self._fade_first
+        lo, hi = self._fade_limits(self._grid)
+        for level in self._fade_levels:
+            index = first + level
+            ahead = ((vertices[index] - vertices[self._fade_inner[level]]) * self._fade_rays[level]).sum(axis=1)
+            short = np.maximum(self._fade_gap[level] - ahead, 0.0)
+            if short.any():
+                vertices[index] = np.clip(vertices[index] + short[:, None] * self._fade_rays[level], lo, hi)
 
     def _edge_shares(self, border: np.ndarray, reach_px: float,
                      body: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
