@@ -49,6 +49,21 @@ CAVITY_BACK_BGR = np.array([14, 12, 28], np.float32)
 TEETH_BGR = np.array([170, 188, 200], np.float32)
 
 
+def cheeks_bgr(image_bgr: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Median colour of small patches on the cheeks (CHEEKS): the face's skin under its light
+    (also the teeth bench's reference for the interior's brightness)."""
+    mesh = points[:NUM_MESH_POINTS]
+    radius = max(int(round(0.03 * float(np.sqrt(np.prod(np.ptp(mesh, axis=0)))))), 1)
+    height, width = image_bgr.shape[:2]
+    patches = []
+    for x, y in np.round(points[list(CHEEKS)]).astype(int):
+        patch = image_bgr[max(y - radius, 0):min(y + radius + 1, height),
+                          max(x - radius, 0):min(x + radius + 1, width)]
+        patches.append(patch.reshape(-1, 3))
+    pixels = np.concatenate(patches).astype(np.float32)
+    return np.maximum(np.median(pixels, axis=0), 1.0) if len(pixels) else np.full(3, 128.0, np.float32)
+
+
 @dataclass
 class _MouthRig:
     open_ratio: float  # the avatar's own inner-lip gap over mouth width
@@ -70,7 +85,7 @@ class MouthPainter:
         lip_bgr = np.median(avatar_bgr[lips], axis=0).astype(np.float32) if lips.any() else CAVITY_EDGE_BGR
         # The cavity next to the lips is a shadowed continuation of the lips' own hue.
         edge = 0.5 * CAVITY_EDGE_BGR + 0.5 * 0.35 * lip_bgr
-        skin = self._cheeks_bgr(avatar_bgr, points)
+        skin = cheeks_bgr(avatar_bgr, points)
         hair, (hx, hy) = self._moustache(avatar_bgr, points, float(skin @ GREY_BGR))
         hair_bgr = None if hair is None else avatar_bgr[hy:hy + hair.shape[0], hx:hx + hair.shape[1]].astype(np.float32)
         self._mouth = _MouthRig(mouth_open_ratio(points), edge.astype(np.float32), lip_bgr, skin,
@@ -177,27 +192,13 @@ class MouthPainter:
         cheeks' brightness to the avatar's, and their cheeks' warmth a little towards the
         avatar's (MOUTH_WHITE_REACH). Not their lips' colour to the avatar's: that ratio is mostly
         the two people's lip and skin hue, and it turned white teeth orange on warm faces."""
-        driver, avatar = self._cheeks_bgr(crop_bgr, driver_points), self._mouth.skin_bgr
+        driver, avatar = cheeks_bgr(crop_bgr, driver_points), self._mouth.skin_bgr
         brightness = np.clip(float(avatar @ GREY_BGR) / max(float(driver @ GREY_BGR), 1.0), *MOUTH_GAIN_RANGE)
         warmth = np.log(avatar[2] / avatar[0]) - np.log(driver[2] / driver[0])
         half = 0.5 * float(np.clip(warmth, -2.0 * MOUTH_WHITE_REACH, 2.0 * MOUTH_WHITE_REACH))
         white = np.array([np.exp(-half), 1.0, np.exp(half)], np.float32)
         white /= float(white @ GREY_BGR)  # the balance moves hue only; brightness is the cheeks'
         return (brightness * white).astype(np.float32)
-
-    @staticmethod
-    def _cheeks_bgr(image_bgr: np.ndarray, points: np.ndarray) -> np.ndarray:
-        """Median colour of small patches on the cheeks (CHEEKS): the face's skin under its light."""
-        mesh = points[:NUM_MESH_POINTS]
-        radius = max(int(round(0.03 * float(np.sqrt(np.prod(np.ptp(mesh, axis=0)))))), 1)
-        height, width = image_bgr.shape[:2]
-        patches = []
-        for x, y in np.round(points[list(CHEEKS)]).astype(int):
-            patch = image_bgr[max(y - radius, 0):min(y + radius + 1, height),
-                              max(x - radius, 0):min(x + radius + 1, width)]
-            patches.append(patch.reshape(-1, 3))
-        pixels = np.concatenate(patches).astype(np.float32)
-        return np.maximum(np.median(pixels, axis=0), 1.0) if len(pixels) else np.full(3, 128.0, np.float32)
 
     def _moustache(self, avatar_bgr: np.ndarray, points: np.ndarray,
                    skin_grey: float) -> tuple[np.ndarray | None, tuple[int, int]]:
