@@ -556,14 +556,19 @@ def test_mouth_interior_is_off_while_the_mouth_is_closed_and_fades_in(avatars, m
     assert any(5.0 < value < 0.7 * shows[-1] for value in shows)  # in between: faded in, no jump
 
 
-@pytest.fixture(scope="module")
-def call_picture():
-    """Grace Hopper framed for a 1280x720 call, as the app does with --framing call."""
+def _framed_for_call(photo: str, fill: str = "blur"):
+    """A packaged photo framed for a 1280x720 call, as the app does with --framing call."""
     from avatarify.compose import frame_photo
     from bench.clips import load_photo_bgr, photo_landmarks
 
-    framed = frame_photo(load_photo_bgr("grace_hopper"), photo_landmarks("grace_hopper"), 1280, 720)
+    framed = frame_photo(load_photo_bgr(photo), photo_landmarks(photo), 1280, 720, fill=fill)
     return framed.image_bgr, framed.landmarks
+
+
+@pytest.fixture(scope="module")
+def call_picture():
+    """Grace Hopper framed for a 1280x720 call."""
+    return _framed_for_call("grace_hopper")
 
 
 def test_the_call_picture_is_animated_at_full_resolution(call_picture, mixed_clip):
@@ -680,3 +685,40 @@ def test_a_head_leaning_far_toward_the_room_squeezes_it_without_a_fold(framed):
         room = (engine._tri_layer == 0) & (vertices[tri][..., 1] > 3.0).all(axis=1)  # noqa: SLF001
         assert room.sum() > 100
         assert not (areas[room] <= 0).any(), shift
+
+
+def test_a_dim_webcams_teeth_on_a_bright_photo_keep_their_texture_under_its_white(astronaut_mouth_clip):
+    """A dim webcam (the driver's frame at 60 % brightness, their teeth a striped off-white of grey
+    ~170, 1.4 times their skin's) drives the astronaut's bright studio photo, framed with --fill
+    zoom: the interior is lifted by the cheeks' gain (1.6) to the photo's light, but rolled off
+    under its white, so the teeth keep their texture (none of the brightest third clipped; all of
+    it was: red past 255, a flat yellow glow) and stay near the driver's brightness against the
+    skin, no more saturated."""
+    from bench.teeth import LIGHT_RANGE, OPEN_GAP, SATURATION_SLACK, mouth_interior_measures
+
+    picture = _framed_for_call("astronaut", fill="zoom")
+    clip, widest = astronaut_mouth_clip
+    stripes = np.where(np.arange(256) % 6 < 3, 1.0, 0.9)[None, :, None]  # the gaps between teeth
+
+    def dim(driving: DrivingFrame) -> DrivingFrame:
+        dimmed = DrivingFrame(cv2.convertScaleAbs(driving.crop_bgr, alpha=0.6), driving.landmarks, driving.timestamp)
+        crop = _driver_with_painted_mouth(dimmed, teeth_bgr=(150, 168, 180)).crop_bgr
+        inner = np.zeros(crop.shape[:2], np.uint8)
+        cv2.fillPoly(inner, [np.round(driving.landmarks.points[list(INNER_LIPS)]).astype(np.int32)], 1)
+        textured = np.round(crop * np.broadcast_to(stripes, crop.shape)).astype(np.uint8)
+        crop[inner > 0] = textured[inner > 0]
+        return DrivingFrame(crop, driving.landmarks, driving.timestamp)
+
+    engine = MeshAnimator()
+    engine.set_avatar(*picture)
+    engine.set_neutral(dim(clip[0]))
+    for driving in clip[:widest + 1]:
+        frame = dim(driving)
+        output = engine.animate(frame)
+    measures = mouth_interior_measures(output, engine.last_target.points)
+    driver = mouth_interior_measures(frame.crop_bgr, frame.landmarks)
+    assert measures is not None and measures["gap"] >= OPEN_GAP
+    assert engine._colour_gain(frame.crop_bgr, frame.landmarks.points).mean() > 1.4  # noqa: SLF001 a real lift
+    assert measures["teeth_clipped"] == 0.0
+    assert LIGHT_RANGE[0] <= measures["teeth_light"] / driver["teeth_light"] <= LIGHT_RANGE[1]
+    assert measures["bright_saturation"] <= driver["bright_saturation"] + SATURATION_SLACK

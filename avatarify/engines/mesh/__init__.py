@@ -119,7 +119,8 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         self._last_warp: tuple[np.ndarray, tuple[int, int, int, int]] | None = None
         self.last_map_origin: np.ndarray | None = None  # avatar px (x, y) of last_map's first pixel
         self.last_target: MotionTarget | None = None
-        self._mouth_gain = np.ones(3, np.float32)  # driver -> avatar colour gain of the mouth interior
+        # The driver's mouth interior's levels under the avatar's light (a lookup table; until a neutral: as is).
+        self._mouth_levels = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
 
     # ------------------------------------------------------------------------------------------
     # Per avatar
@@ -290,7 +291,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
             raise AnimatorError("No face in the driving frame; look at the camera and calibrate again.")
         self.motion.set_neutral(driving.landmarks.points, driving.landmarks.depth)
         # The driver's light and white balance, once per calibration, from their cheeks and picture.
-        self._mouth_gain = self._colour_gain(driving.crop_bgr, np.asarray(driving.landmarks.points, np.float64))
+        self._mouth_levels = self._mouth_light(driving.crop_bgr, np.asarray(driving.landmarks.points, np.float64))
 
     # ------------------------------------------------------------------------------------------
     # Per frame

@@ -1,7 +1,8 @@
 """The mesh engine's mouth: where the driver opens the mouth wider than the avatar, its interior:
 the driver's own teeth and tongue from the driving frame (inside their inner lips, eroded, so their
-lips never show, its colours carried out to the avatar's lips), lit as the avatar's cheeks are, over
-a shaded cavity, under the avatar's moustache if it has one, faded in with the opening.
+lips never show, its colours carried out to the avatar's lips), lit as the avatar's cheeks are and
+rolled off under the avatar's white, over a shaded cavity, under the avatar's moustache if it has one,
+faded in with the opening.
 
 Input: the avatar picture and landmarks (per avatar), the driver's lips light (per calibration), the
 target landmarks and the driving frame (per frame). Output: the interior painted into the warped box."""
@@ -15,8 +16,8 @@ import numpy as np
 
 from avatarify.datatypes import DrivingFrame
 from avatarify.engines.mesh.geometry import _box_around, _polygon_mask
-from avatarify.motion import (INNER_LIPS, MOUTH_CORNERS, MOUTH_INNER_BOTTOM, MOUTH_INNER_TOP, NUM_MESH_POINTS,
-                              OUTER_LIPS, MotionTarget, mouth_open_ratio)
+from avatarify.motion import (FACE_OVAL, INNER_LIPS, MOUTH_CORNERS, MOUTH_INNER_BOTTOM, MOUTH_INNER_TOP,
+                              NUM_MESH_POINTS, OUTER_LIPS, MotionTarget, mouth_open_ratio)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,13 @@ CAVITY_FULL = 0.08  # ... and at which it is fully shown
 # between them), lit as the avatar: their skin's brightness matched by a gain within this range.
 MOUTH_INSET = 0.12
 MOUTH_GAIN_RANGE = (0.6, 1.6)
+# A webcam's skin sits near 140 and a studio photo's near 200 (the shared drivers' 134-149, photos'
+# 146-207), so the gain lifts the driver's teeth past 255: clipped flat, their texture gone, red
+# clipped first (a yellow cast) -- a glow (80-100 % of the brightest third on d19's pairs). Levels are
+# lifted as a photo's tone curve does instead: unchanged up to this share of the avatar's white,
+# rolling off smoothly (same slope at the knee) towards that white, never past it.
+MOUTH_SHOULDER = 0.75
+WHITE_PERCENTILE = 99  # the avatar's white: this percentile of its face's brightest channel
 # The white balance of the interior follows the avatar's light along the warm-cool axis only (the
 # way daylight, lamps and old prints differ; a green-magenta difference between two faces is their
 # skin, not their light), from the two people's cheeks, by at most this log red/blue gain each way:
@@ -49,12 +57,28 @@ CAVITY_BACK_BGR = np.array([14, 12, 28], np.float32)
 TEETH_BGR = np.array([170, 188, 200], np.float32)
 
 
+def cheeks_bgr(image_bgr: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Median colour of small patches on the cheeks (CHEEKS): the face's skin under its light
+    (also the teeth bench's reference for the interior's brightness)."""
+    mesh = points[:NUM_MESH_POINTS]
+    radius = max(int(round(0.03 * float(np.sqrt(np.prod(np.ptp(mesh, axis=0)))))), 1)
+    height, width = image_bgr.shape[:2]
+    patches = []
+    for x, y in np.round(points[list(CHEEKS)]).astype(int):
+        patch = image_bgr[max(y - radius, 0):min(y + radius + 1, height),
+                          max(x - radius, 0):min(x + radius + 1, width)]
+        patches.append(patch.reshape(-1, 3))
+    pixels = np.concatenate(patches).astype(np.float32)
+    return np.maximum(np.median(pixels, axis=0), 1.0) if len(pixels) else np.full(3, 128.0, np.float32)
+
+
 @dataclass
 class _MouthRig:
     open_ratio: float  # the avatar's own inner-lip gap over mouth width
     edge_bgr: np.ndarray  # cavity colour next to the lips (tinted by the avatar's lips)
     lip_bgr: np.ndarray  # the avatar's median lip colour
     skin_bgr: np.ndarray  # the avatar's cheeks' colour (the interior's light follows it)
+    white: float  # the avatar face's white level (WHITE_PERCENTILE): the interior's ceiling
     hair: np.ndarray | None = None  # float32 [0, 1] moustache over the lips (avatar px), or None
     hair_bgr: np.ndarray | None = None  # the avatar's pixels under `hair`
     hair_origin: tuple[int, int] = (0, 0)  # avatar px (x, y) of `hair`'s first pixel
@@ -70,10 +94,12 @@ class MouthPainter:
         lip_bgr = np.median(avatar_bgr[lips], axis=0).astype(np.float32) if lips.any() else CAVITY_EDGE_BGR
         # The cavity next to the lips is a shadowed continuation of the lips' own hue.
         edge = 0.5 * CAVITY_EDGE_BGR + 0.5 * 0.35 * lip_bgr
-        skin = self._cheeks_bgr(avatar_bgr, points)
+        skin = cheeks_bgr(avatar_bgr, points)
+        face = _polygon_mask(points[list(FACE_OVAL)], (0, 0), avatar_bgr.shape[:2]) > 0.5
+        white = float(np.percentile(avatar_bgr[face].max(axis=1), WHITE_PERCENTILE)) if face.any() else 255.0
         hair, (hx, hy) = self._moustache(avatar_bgr, points, float(skin @ GREY_BGR))
         hair_bgr = None if hair is None else avatar_bgr[hy:hy + hair.shape[0], hx:hx + hair.shape[1]].astype(np.float32)
-        self._mouth = _MouthRig(mouth_open_ratio(points), edge.astype(np.float32), lip_bgr, skin,
+        self._mouth = _MouthRig(mouth_open_ratio(points), edge.astype(np.float32), lip_bgr, skin, white,
                                 hair, hair_bgr, (hx, hy))
 
     def _mouth_box(self, target: MotionTarget) -> tuple[int, int, int, int]:
@@ -152,7 +178,7 @@ class MouthPainter:
                                             method=cv2.LMEDS)
         if to_avatar is None:
             return None, np.zeros((size[1], size[0]), np.float32)
-        patch = cv2.multiply(crop[by0:by1, bx0:bx1].astype(np.float32), (*(float(g) for g in self._mouth_gain), 0.0))
+        patch = cv2.LUT(crop[by0:by1, bx0:bx1], self._mouth_levels).astype(np.float32)
         # Between the eroded interior and the avatar's inner lips lies a band (the inset, and where
         # the two mouths' shapes differ) that the cavity's dark red would fill: a dark ring, the
         # interior looking cut into the photo. The interior's own colours are carried out over it
@@ -172,32 +198,28 @@ class MouthPainter:
         share = cv2.warpAffine(share, to_avatar, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         return colour, share
 
+    def _mouth_light(self, crop_bgr: np.ndarray, driver_points: np.ndarray) -> np.ndarray:
+        """The driver's levels under the avatar's light, a (1, 256, 3) uint8 lookup table: the colour
+        gain (`_colour_gain`), each channel rolled off towards the avatar's white (MOUTH_SHOULDER)."""
+        lifted = np.arange(256, dtype=np.float32)[:, None] * self._colour_gain(crop_bgr, driver_points)
+        white = self._mouth.white
+        knee = MOUTH_SHOULDER * white
+        rolled = white - (white - knee) * np.exp(-np.maximum(lifted - knee, 0.0) / max(white - knee, 1.0))
+        levels = np.where(lifted > knee, rolled, lifted)
+        return np.clip(np.round(levels), 0, 255).astype(np.uint8).reshape(1, 256, 3)
+
     def _colour_gain(self, crop_bgr: np.ndarray, driver_points: np.ndarray) -> np.ndarray:
         """Per-channel gain putting the driver's mouth interior under the avatar's light: their
         cheeks' brightness to the avatar's, and their cheeks' warmth a little towards the
         avatar's (MOUTH_WHITE_REACH). Not their lips' colour to the avatar's: that ratio is mostly
         the two people's lip and skin hue, and it turned white teeth orange on warm faces."""
-        driver, avatar = self._cheeks_bgr(crop_bgr, driver_points), self._mouth.skin_bgr
+        driver, avatar = cheeks_bgr(crop_bgr, driver_points), self._mouth.skin_bgr
         brightness = np.clip(float(avatar @ GREY_BGR) / max(float(driver @ GREY_BGR), 1.0), *MOUTH_GAIN_RANGE)
         warmth = np.log(avatar[2] / avatar[0]) - np.log(driver[2] / driver[0])
         half = 0.5 * float(np.clip(warmth, -2.0 * MOUTH_WHITE_REACH, 2.0 * MOUTH_WHITE_REACH))
         white = np.array([np.exp(-half), 1.0, np.exp(half)], np.float32)
         white /= float(white @ GREY_BGR)  # the balance moves hue only; brightness is the cheeks'
         return (brightness * white).astype(np.float32)
-
-    @staticmethod
-    def _cheeks_bgr(image_bgr: np.ndarray, points: np.ndarray) -> np.ndarray:
-        """Median colour of small patches on the cheeks (CHEEKS): the face's skin under its light."""
-        mesh = points[:NUM_MESH_POINTS]
-        radius = max(int(round(0.03 * float(np.sqrt(np.prod(np.ptp(mesh, axis=0)))))), 1)
-        height, width = image_bgr.shape[:2]
-        patches = []
-        for x, y in np.round(points[list(CHEEKS)]).astype(int):
-            patch = image_bgr[max(y - radius, 0):min(y + radius + 1, height),
-                              max(x - radius, 0):min(x + radius + 1, width)]
-            patches.append(patch.reshape(-1, 3))
-        pixels = np.concatenate(patches).astype(np.float32)
-        return np.maximum(np.median(pixels, axis=0), 1.0) if len(pixels) else np.full(3, 128.0, np.float32)
 
     def _moustache(self, avatar_bgr: np.ndarray, points: np.ndarray,
                    skin_grey: float) -> tuple[np.ndarray | None, tuple[int, int]]:
