@@ -1,5 +1,5 @@
 """Geometry shared by the mesh engine's modules: the reduced sampling grid over the ROI, polygon
-masks and boxes, the Face Mesh points the warp is built on, smoothstep.
+masks and boxes, the Face Mesh points the warp is built on, smoothstep, the weights of grey.
 
 Inputs and outputs are numpy arrays in the avatar picture's pixels (x, y), float32 unless said."""
 from __future__ import annotations
@@ -10,7 +10,9 @@ import cv2
 import numpy as np
 
 from avatarify.motion import LASH_RINGS, NUM_MESH_POINTS, STABLE_POINTS
+
 WARP_SPACING = 0.05  # face widths between the warp mesh's points away from the features (see warp_points)
+GREY_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BGR weights of grey (Rec. 601, as cv2's)
 
 
 @dataclass
