@@ -12,6 +12,7 @@ from avatarify.datatypes import DrivingFrame
 from avatarify.engines.base import AnimatorError
 from avatarify.engines import mesh as mesh_module
 from avatarify.engines.mesh import MeshAnimator
+from avatarify.engines.mesh.geometry import _polygon_mask
 from avatarify.motion import (BROWS, EYES, FACE_OVAL, INNER_LIPS, NUM_MESH_POINTS, OUTER_LIPS, MotionTarget, Pose3D,
                               brow_heights, eye_open_ratios, head_pivot, iris_heights,
                               rotation_from_angles)
@@ -72,8 +73,8 @@ def test_warp_lands_avatar_landmarks_on_their_targets(avatars, photo, size):
     """The backward map at each target landmark must point back at that landmark on the avatar:
     within 0.5 px at the points the warp's mesh is built on, and within 0.8% of the face width at
     the others (the warp interpolates them; the test's expression field has shorter waves than
-    faces make). The lid margins within 1 px: the field moves the irises across the eyes, so the
-    photo's eye slides under a lid, and the map, cut there, is smoothed over one grid step."""
+    faces make). The lid margins within 1 px: the field moves the irises across the eyes, and the
+    fans' thin triangles beside a lid are mapped on a grid one step coarse."""
     engine = engine_for(avatars, photo, size)
     points = avatars[(photo, size)][1].points
     error = engine.landing_error(synthetic_target(points, size))
@@ -228,7 +229,10 @@ def test_a_wink_closes_only_that_eye_of_the_avatar(avatars):
 
 def test_an_eye_opened_wider_opens_only_that_eye_of_the_avatar(avatars):
     """The astronaut's own landmarks with one upper lid raised by 30% of its gap: the output,
-    re-measured by static Face Mesh, shows that eye wider and the other as it was."""
+    re-measured by static Face Mesh, shows that eye wider, and the other eye's pixels are the
+    photo's. (Face Mesh reads the widened eye 8-18% wider, white above a round iris; it read
+    17-19% when the iris was stretched tall between the lids. It reads the untouched eye up to 6%
+    narrower beside it: it fits both eyes together.)"""
     avatar_bgr, landmarks = avatars[("astronaut", 256)]
     neutral = DrivingFrame(avatar_bgr, landmarks, 0.0)
     outputs = []
@@ -238,11 +242,15 @@ def test_an_eye_opened_wider_opens_only_that_eye_of_the_avatar(avatars):
         points[upper] = points[lower] + 1.3 * (points[upper] - points[lower])
         engine = engine_for(avatars, "astronaut", 256, neutral)
         outputs.append(engine.animate(DrivingFrame(avatar_bgr, replace(landmarks, points=points), 0.0)))
+        other = EYES[1 - EYES.index(eye)]
+        opening = _polygon_mask(landmarks.points[list(other.opening)], (0, 0), avatar_bgr.shape[:2])
+        around = cv2.dilate(np.uint8(opening > 0), np.ones((9, 9), np.uint8))
+        np.testing.assert_array_equal(outputs[-1][around > 0], avatar_bgr[around > 0])
     ratios = np.array([eye_open_ratios(lm.points) for lm in track_landmarks([avatar_bgr] + outputs, static=True)])
     ratios = ratios[1:] / ratios[0]  # row: which eye was opened; column: each eye's measured ratio
     for eye in (0, 1):
-        assert ratios[eye, eye] > 1.1
-        assert ratios[eye, 1 - eye] == pytest.approx(1.0, abs=0.05)
+        assert ratios[eye, eye] > 1.05
+        assert ratios[eye, 1 - eye] == pytest.approx(1.0, abs=0.08)
 
 
 def test_the_avatar_looks_where_the_driver_looks(avatars):
@@ -437,11 +445,16 @@ def test_a_moving_head_bends_hair_and_room_smoothly_without_a_tear(framed, move)
             np.abs(np.diff(field, axis=1)), nan=0.0).max()
         assert max(jumps) < 0.25 * motion, (move, axis, jumps, motion)
     # The picture is that continuous warp of the photo and nothing else: no still copy of the hair
-    # or plate of the room cross-faded in under a matte (which tore hair on the shoulders).
+    # or plate of the room cross-faded in under a matte (which tore hair on the shoulders). (The eye
+    # openings are painted from the photo's eye in each eye's own frame instead: see eyes.py.)
     warped = cv2.remap(framed.image_bgr, backward, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # (cv2.remap places a source at 1/32 px: absolute and relative maps may differ by a level or a
     # few at the sharpest edges, at most 255/32 ~ 8 levels; a cross-fade differs by tens.)
     difference = np.abs(output[rows, cols].astype(np.int16) - warped)
+    eyes = np.zeros(framed.image_bgr.shape[:2], np.uint8)
+    for eye in EYES:
+        cv2.fillPoly(eyes, [np.round(target.points[list(eye.opening)]).astype(np.int32)], 1)
+    difference[cv2.dilate(eyes, np.ones((3, 3), np.uint8))[rows, cols] > 0] = 0
     assert difference.max() <= 8 and (difference > 1).mean() < 1e-3
     # A face size beyond the head the room is the photo's own pixels.
     far = np.ones(framed.image_bgr.shape[:2], bool)
@@ -647,7 +660,7 @@ def test_a_turned_heads_near_cheek_keeps_a_smooth_edge(avatars, photo, yaw):
     expressed = replace(landmarks, points=landmarks.points.copy())
     expressed.points[oval_points] += 0.05 * width * outward * near_side[:, None]
     target = head_moved(expressed, yaw=yaw, shift=shift)
-    vertices, _, _ = engine._vertex_targets(target)  # noqa: SLF001 - the test inspects the mesh
+    vertices, _ = engine._vertex_targets(target)  # noqa: SLF001 - the test inspects the mesh
     tri = engine._tri  # noqa: SLF001
     flipped = engine._signed_areas(vertices[tri].astype(np.float64)) * engine._tri_sign <= 0  # noqa: SLF001
     oval = np.array([np.flatnonzero(engine._warp_points == i)[0] for i in FACE_OVAL])  # noqa: SLF001 - vertices
@@ -677,7 +690,7 @@ def test_a_head_leaning_far_toward_the_room_squeezes_it_without_a_fold(framed):
     width = float(np.ptp(framed.landmarks.points[:NUM_MESH_POINTS, 0]))
     for shift in ((0.33 * width, 0.0), (-0.33 * width, 0.1 * width)):
         target = head_moved(framed.landmarks, shift=shift)
-        vertices, _, _ = engine._vertex_targets(target)  # noqa: SLF001 - the test inspects the mesh
+        vertices, _ = engine._vertex_targets(target)  # noqa: SLF001 - the test inspects the mesh
         tri = engine._tri  # noqa: SLF001
         areas = engine._signed_areas(vertices[tri].astype(np.float64)) * engine._tri_sign  # noqa: SLF001
         # (Beside the picture's top edge, which the head reaches here, the edge slides with the head

@@ -28,8 +28,8 @@ Per avatar (`set_avatar`), everything that does not depend on the driver is prec
     cut them in a hard line (hair on the shoulders, a headscarf, a collar) and showed the plate's
     low resolution. Face vertices carry Face Mesh's depth; the ring lies in the plane of the
     head's outline. Each iris centre is a vertex too, and its eye opening a fan of triangles
-    around it, so a gaze moves the photo's own iris. The warp samples only the photo's own pixels
-    (`photo_box`: never the call framing's fill beside a narrow photo);
+    around it, so the lids close over the iris without folding the mesh. The warp samples only
+    the photo's own pixels (`photo_box`: never the call framing's fill beside a narrow photo);
   - the mouth's colours and light, and the photo's moustache over the lips (if any).
 
 Per frame (`animate`): motion.py gives the target landmarks, their depth and the head's 3-D pose.
@@ -45,17 +45,18 @@ never show, its colours carried out to the avatar's lips), lit as the avatar's c
 (brightness, and a little of their warmth: teeth stay white), over a shaded cavity, under the
 avatar's moustache if it has one, faded in with the opening.
 
-The eyes are the warp's: blinks, winks and widening move the lids (with their lashes) and the photo's
-own eye between them; a gaze moves the iris vertex along the eye (as far as the driver's iris moves
-in theirs, at most IRIS_REACH) and across it (looking down at notes, up), as far as the moved lids
-leave it inside the opening (GAZE_SHARE of the way between them), so a closing lid covers it
-instead of folding over it. Moving across, the photo's eye slides under the lid it moves toward
-(the fan is drawn behind the lids, and there samples the photo's eye shifted away from that lid),
-so the iris goes under the lid as a whole instead of being squashed against it. An earlier
-version re-painted an inpainted eyeball and a re-sampled iris under the lids: it differed from the
-photo even at rest (no dark rim under the lid, a softer iris), Face Mesh read those lids less
-faithfully (real driving videos, driver vs output eye-opening r 0.84 / 0.80 / 0.86 with it, 0.89 /
-0.87 / 0.90 warp-only; bench/eye_stages.py), and it cost ~1 ms per frame at 256 px.
+The eyes: blinks, winks and widening move the lids (with their lashes) in the warp, each eye
+opening a fan around its iris vertex; then each opening is painted from the photo's own eye turned
+to the driver's gaze (`eyes`): along the eye as far as the driver's iris moves in theirs (at most
+IRIS_REACH) and across it (looking down at notes, up), as far as the moved lids leave the iris
+inside the opening (GAZE_SHARE of the way between them). The eyeball moves whole with its iris, so
+the iris keeps its size and shape and the white shows where the driver's does; the rows under the
+lid margins move with the lids, and a closing lid squashes the eye between them, as the warp alone
+did. An earlier version re-painted an inpainted eyeball and a re-sampled iris under the lids: it
+differed from the photo even at rest (no dark rim under the lid, a softer iris), Face Mesh read
+those lids less faithfully (real driving videos, driver vs output eye-opening r 0.84 / 0.80 / 0.86
+with it, 0.89 / 0.87 / 0.90 warp-only; bench/eye_stages.py), and it cost ~1 ms per frame at 256 px.
+The paint now samples only the photo's own eye and is the photo at rest.
 """
 from __future__ import annotations
 
@@ -197,7 +198,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         self._edge_share = np.concatenate([fade_share, edge_share])
         # Face points outside the ROI (a face cut by the crop edge) are pulled in, so the border
         # stays the mesh's convex hull.
-        # The iris centres are vertices too (gaze moves them); they come last of the face points.
+        # The iris centres are vertices too (the fans' centres); they come last of the face points.
         self._warp_points = np.concatenate([warp_points(mesh), [eye.iris_centre for eye in EYES]])
         faces = len(self._warp_points)
         inside = np.clip(points[self._warp_points].astype(np.float64), self._ring_box[:2],
@@ -216,7 +217,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         # Drawing layers, back to front: the room (triangles touching the still ring or the ROI
         # border), the head outline's band (hair, ears, neck), the face (sorted by depth per frame;
         # the eyes' fans count FAN_BEHIND face sizes deeper: the eyeballs lie behind the lids, and
-        # where a fan slides under a lid the lid's edge is drawn over it).
+        # where a fan's thin triangles meet a lid the lid's edge is drawn over them).
         outer = (triangles >= self._num_moving).any(axis=1)
         face = (triangles < faces).all(axis=1)
         self._tri = triangles
@@ -327,6 +328,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         self.last_map_origin = self._box_origin(box)
         output = self._avatar_bgr.copy()
         self._warp_bands(output, offsets, box)
+        self._paint_eyes(output[self._box_slices(box)], self._box_origin(box), target.points)
         self._paint_mouth(output[self._box_slices(box)], self._box_origin(box), target.points, driving)
         return output
 
@@ -440,7 +442,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         """The (rows, cols) the engine may change; outside it the output is the avatar."""
         return self._grid.slices
 
-    def _vertex_targets(self, target: MotionTarget) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _vertex_targets(self, target: MotionTarget) -> tuple[np.ndarray, np.ndarray]:
         """Where every mesh vertex goes and how deep it then lies: face points to the targets, ring
         points with the head outline (and with what of the face outline's expression the skin
         between cannot take up), border points nowhere (or sliding with the head on the image's
@@ -450,11 +452,9 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         vertices = self._vertices_src.copy()
         faces = len(self._warp_points)
         vertices[:faces - len(EYES)] = target.points[self._warp_points[:-len(EYES)]]
-        shares = []
-        for gaze in self._gaze_eyes:  # relative to its place for the avatar's own landmarks: exact at rest
-            position, share = self._iris_position(target.points, gaze)
-            vertices[gaze.vertex] += position - gaze.rest
-            shares.append(share)
+        for gaze, eye in zip(self._gaze_eyes, self._iris_targets(target.points)):
+            position = eye.lids.pixels(eye.iris)  # the painted iris's centre: the fan meets it there
+            vertices[gaze.vertex] = (position.real, position.imag)
         vertices[faces:faces + len(ring)] = ring
         edge = vertices[self._band_inner]  # the face's edge, where the band starts
         vertices[faces + len(ring):self._num_moving] = ((ring - edge)[None] * BAND_STEPS[:, None, None]
@@ -465,7 +465,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         depth = self._vertex_depth + target.pose.shift[2]
         if target.depth is not None:
             depth[:faces] = target.depth[self._warp_points]
-        return vertices, depth, self._slides(shares)
+        return vertices, depth
 
     def backward_map(self, target: MotionTarget) -> np.ndarray | None:
         """(h, w, 2) float32 source position (avatar px) of every ROI pixel of the output, or None
@@ -488,7 +488,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         its triangle's affine map (target → source); samples no moved triangle covers stay put.
         """
         grid = self._grid
-        vertices, depth, slides = self._vertex_targets(target)
+        vertices, depth = self._vertex_targets(target)
         # Per column, not any() over the short last axis: 0.02 ms instead of 0.18 per frame.
         moved = (vertices[:, 0] != self._vertices_src[:, 0]) | (vertices[:, 1] != self._vertices_src[:, 1])
         drawn = moved[self._tri[:, 0]] | moved[self._tri[:, 1]] | moved[self._tri[:, 2]]
@@ -504,14 +504,10 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         # turned cheek. Drawn, it is a sliver of the edge folded over itself.
         facing = (areas * self._tri_sign[drawn] > FLIP_AREA_PX2) | self._tri_unculled[drawn]
         tri, corners, layer = tri[facing], corners[facing], self._tri_layer[drawn][facing]
-        fans = self._tri_fan[drawn][facing]
         far = depth[tri].mean(axis=1) + self._fan_behind[drawn][facing]
         order = np.lexsort((-far, layer))  # by layer, then far (large z) first
         tri, corners = tri[order], corners[order]
         sources = self._vertices_src[tri].astype(np.float64)
-        if slides is not None:  # the eyes' fans sample the photo's eye slid under a lid
-            fans = fans[order]
-            sources[fans] += slides[tri[fans]]
         ids = self._rasterized(corners, grid)
         self.last_triangles = np.where(ids < len(tri), ids, -1)
         # Per triangle the affine map less the identity; one more row (all 0) for samples no moved

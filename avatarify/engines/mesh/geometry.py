@@ -1,5 +1,5 @@
 """Geometry shared by the mesh engine's modules: the reduced sampling grid over the ROI, polygon
-masks and boxes, the Face Mesh points the warp is built on, smoothstep.
+masks and boxes, the Face Mesh points the warp is built on, smoothstep, the weights of grey.
 
 Inputs and outputs are numpy arrays in the avatar picture's pixels (x, y), float32 unless said."""
 from __future__ import annotations
@@ -10,8 +10,10 @@ import cv2
 import numpy as np
 
 from avatarify.motion import FACE_OVAL, LASH_RINGS, NUM_MESH_POINTS, STABLE_POINTS
+
 WARP_SPACING = 0.05  # face widths between the warp mesh's points away from the features (see warp_points)
 OUTLINE_CLEARANCE = 0.25  # of WARP_SPACING: how far from the face outline its points must lie
+GREY_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BGR weights of grey (Rec. 601, as cv2's)
 
 
 @dataclass

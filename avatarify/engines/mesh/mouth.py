@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from avatarify.datatypes import DrivingFrame
-from avatarify.engines.mesh.geometry import _box_around, _polygon_mask
+from avatarify.engines.mesh.geometry import GREY_BGR, _box_around, _polygon_mask
 from avatarify.motion import (FACE_OVAL, INNER_LIPS, MOUTH_CORNERS, MOUTH_INNER_BOTTOM, MOUTH_INNER_TOP,
                               NUM_MESH_POINTS, OUTER_LIPS, MotionTarget, mouth_open_ratio)
 
@@ -50,7 +50,6 @@ MOUSTACHE_MIN_WIDTH = 0.02
 # The upper lip's outer and inner contours: the moustache moves with them as one piece.
 UPPER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
 MOUTH_FEATHER = 0.003  # the interior's edge fades over the lips' inner edge (Gaussian sigma, face sizes)
-GREY_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # BGR weights of grey (Rec. 601, as cv2's)
 # Cavity colours, BGR: dark red-brown at the lips fading to near-black at the back of the mouth.
 CAVITY_EDGE_BGR = np.array([38, 36, 92], np.float32)
 CAVITY_BACK_BGR = np.array([14, 12, 28], np.float32)
