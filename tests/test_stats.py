@@ -60,7 +60,14 @@ def test_empty_run_reports_zeros_not_errors():
     assert summary["latency_ms"] == {"p50": 0.0, "p95": 0.0}
 
 
+MODULE_IMPORTED = time.time()  # the process (pytest) had started before this module was imported
+
+
 def test_startup_counts_from_process_start():
+    """Startup counts from the process's start (interpreter and imports), not from when Stats was
+    made: at least as long as this module has been loaded. (The bound was once "< 600 s", which a
+    slow machine's suite run passed by the time it got here.)"""
     stats = Stats()
     stats.frame_done(time.perf_counter())
-    assert 0 < stats.startup_s < 600
+    assert stats.startup_s >= time.time() - MODULE_IMPORTED - 0.05
+    assert stats.startup_s <= time.time() - psutil.boot_time() + 1.0  # and no older than the machine
