@@ -47,6 +47,8 @@ MAX_FACE_HEIGHT_SHARE = 0.5
 FACE_CENTRE_RANGE = (0.38, 0.62)
 FACE_TOP_RANGE = (0.12, 0.26)
 ZOOM_STEPS = 8
+# `--fill zoom` keeps the face box this share of the frame height clear of the frame's top and bottom.
+ZOOM_FACE_MARGIN = 0.04
 # The blur fill beyond the photo's edge: the photo itself enlarged to cover the frame, blurred with
 # this sigma (share of the frame height) and dimmed to FILL_DIM of its brightness, so it reads as
 # out-of-focus room behind the photo and the photo stays what the eye goes to; the photo ends
@@ -118,11 +120,19 @@ def covered_region(landmarks: FaceLandmarks, photo_size: tuple[int, int],
     close to the call placement of the face as the photo allows (the face may come out bigger)."""
     photo_w, photo_h = photo_size
     frame_w, frame_h = frame_size
-    centre_x, top_y, _ = _face_extent(landmarks)
+    centre_x, top_y, face_h = _face_extent(landmarks)
     height = min(float(photo_h), photo_w * frame_h / frame_w)
     width = height * frame_w / frame_h
     x0 = min(max(centre_x - width / 2.0, 0.0), photo_w - width)
-    y0 = min(max(top_y - FACE_TOP_SHARE * height, 0.0), photo_h - height)
+    # The face's top where a call has it, but never its chin below the frame: a close-up square
+    # photo's 16:9 slice is shorter than its face, and placed by the top alone it cut the mouth at
+    # the frame's bottom edge (s42, s7). A face taller than the frame with its margins is centred.
+    margin = ZOOM_FACE_MARGIN * height
+    if face_h + 2.0 * margin <= height:
+        wanted = min(max(top_y - FACE_TOP_SHARE * height, top_y + face_h + margin - height), top_y - margin)
+    else:
+        wanted = top_y + face_h / 2.0 - height / 2.0
+    y0 = min(max(wanted, 0.0), photo_h - height)
     return x0, y0, width, height
 
 

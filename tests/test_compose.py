@@ -172,3 +172,21 @@ def test_zoom_fill_reframes_a_square_photo_to_fill_the_frame(detector, astronaut
     assert framed.filled_share == 0.0 and framed.photo_box == (0, 0, *CAMERA)
     x0, y0, x1, y1 = _face_box(framed.landmarks)
     assert 0 <= x0 and x1 <= CAMERA[0] and 0 <= y0 and y1 <= CAMERA[1]  # the whole face in the frame
+
+
+def test_zoom_fill_keeps_a_close_up_faces_mouth_and_chin_in_the_frame(detector, astronaut_bgr):
+    """A close-up square photo (the face ~0.45 of its height, as a selfie): its 16:9 slice is
+    shorter than the face with the call's head room, so the face is placed by its chin instead of
+    its top (placed by the top, the chin and mouth fell below the frame's bottom edge)."""
+    face = detector.detect(astronaut_bgr)
+    x0, y0, x1, y1 = (int(v) for v in _face_box(face))
+    side = int((y1 - y0) / 0.45)
+    top, left = max(y0 - side // 8, 0), max((x0 + x1) // 2 - side // 2, 0)
+    close_up = astronaut_bgr[top:top + side, left:left + side]
+    face = detector.detect(close_up)
+    assert face is not None
+    framed = frame_photo(close_up, face, *CAMERA, fill="zoom")
+    assert framed.filled_share == 0.0
+    fx0, fy0, fx1, fy1 = _face_box(framed.landmarks)
+    assert fy1 <= CAMERA[1] - 0.02 * CAMERA[1]  # the chin above the bottom edge, with a margin
+    assert fy0 >= 0.0
