@@ -68,7 +68,7 @@ from scipy.spatial import Delaunay
 
 from avatarify.datatypes import DrivingFrame, FaceLandmarks
 from avatarify.engines.base import REGIONS, Animator, AnimatorError
-from avatarify.engines.mesh.geometry import _Grid, _moving, _union, warp_points
+from avatarify.engines.mesh.geometry import _Grid, _inside, _moving, _union, warp_points
 from avatarify.engines.mesh.eyes import FAN_BEHIND, EyeRig
 from avatarify.engines.mesh.mouth import MouthPainter
 from avatarify.engines.mesh.outline import (EDGE_ROOM, HAIR_REACH, NECK_START, ROI_MARGIN, ROOM_MASK_BLUR,
@@ -97,10 +97,10 @@ MIN_AVATAR_SIDE = 32
 BAND_STEPS = np.array([0.5])
 
 
-def _inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """(N,) bool: which points lie strictly inside the polygon."""
-    polygon = np.asarray(polygon, np.float32)
-    return np.array([cv2.pointPolygonTest(polygon, (float(x), float(y)), False) > 0 for x, y in points], bool)
+def _band_points(edge: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """The band's points between the face's edge and the ring (R, 2 each): BAND_STEPS rows of R,
+    each that share of the way out."""
+    return ((ring - edge)[None] * BAND_STEPS[:, None, None] + edge[None]).reshape(-1, 2)
 
 
 class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
@@ -205,9 +205,8 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
                          self._ring_box[2:]).astype(np.float32)
         self._oval_vertex = np.searchsorted(self._warp_points[:-len(EYES)], list(FACE_OVAL))
         self._band_inner = self._silhouette_vertices(inside[:faces - len(EYES)], self._oval_vertex, self._ring_src)
-        edge = inside[self._band_inner]
-        across = (self._ring_src - edge)[None] * BAND_STEPS[:, None, None] + edge[None]
-        self._vertices_src = np.concatenate([inside, self._ring_src, across.reshape(-1, 2), border])
+        band = _band_points(inside[self._band_inner], self._ring_src)
+        self._vertices_src = np.concatenate([inside, self._ring_src, band, border])
         self._num_moving = faces + len(ring) * (1 + len(BAND_STEPS))
         self._fade_order(ring, fade, fade_nearest, faces, self._num_moving)
         iris_vertices = list(range(faces - len(EYES), faces))
@@ -225,7 +224,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         self._fan_behind = np.where(self._tri_fan, FAN_BEHIND * face_size, 0.0)
         self._tri_layer = np.where(outer, 0, np.where(face, 2, 1)).astype(np.int32)
         self._tri_sign = np.sign(self._signed_areas(self._vertices_src[triangles]))
-        on_outline = np.isin(triangles, np.flatnonzero(np.isin(self._warp_points, list(FACE_OVAL)))).any(axis=1)
+        on_outline = np.isin(triangles, self._oval_vertex).any(axis=1)
         self._tri_unculled = (self._tri_layer < 2) | on_outline
         # Depth of each vertex at rest: the face's own; the outline band sits in the plane of the
         # head's outline (the pivot's depth), the room far behind it.
@@ -316,7 +315,8 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
     def render(self, target: MotionTarget, driving: DrivingFrame | None = None) -> np.ndarray:
         """The avatar with its landmarks moved to `target.points` (avatar px); `driving` (optional)
         lends its mouth interior where the mouth opens wider than the avatar's."""
-        offsets = self._grid_offsets(target)
+        eyes = self._iris_targets(target.points)  # the fans' centres and the painted eyes share them
+        offsets = self._grid_offsets(target, eyes)
         if offsets is None:
             offsets = np.zeros_like(self._grid_points)
         box = self._changed_box(offsets, target)
@@ -328,7 +328,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         self.last_map_origin = self._box_origin(box)
         output = self._avatar_bgr.copy()
         self._warp_bands(output, offsets, box)
-        self._paint_eyes(output[self._box_slices(box)], self._box_origin(box), target.points)
+        self._paint_eyes(output[self._box_slices(box)], self._box_origin(box), target.points, eyes)
         self._paint_mouth(output[self._box_slices(box)], self._box_origin(box), target.points, driving)
         return output
 
@@ -442,23 +442,21 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         """The (rows, cols) the engine may change; outside it the output is the avatar."""
         return self._grid.slices
 
-    def _vertex_targets(self, target: MotionTarget) -> tuple[np.ndarray, np.ndarray]:
+    def _vertex_targets(self, target: MotionTarget, eyes: list | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Where every mesh vertex goes and how deep it then lies: face points to the targets, ring
         points with the head outline (and with what of the face outline's expression the skin
         between cannot take up), border points nowhere (or sliding with the head on the image's
-        own edge)."""
+        own edge). `eyes`: this target's `_iris_targets`, when the caller has them already."""
         ring = as_points(target.head(as_complex(self._ring_src + self._ring_expression(target))))
         ring = np.where(self._ring_on_edge, self._ring_src, np.clip(ring, *self._ring_limits))
         vertices = self._vertices_src.copy()
         faces = len(self._warp_points)
         vertices[:faces - len(EYES)] = target.points[self._warp_points[:-len(EYES)]]
-        for gaze, eye in zip(self._gaze_eyes, self._iris_targets(target.points)):
+        for gaze, eye in zip(self._gaze_eyes, eyes if eyes is not None else self._iris_targets(target.points)):
             position = eye.lids.pixels(eye.iris)  # the painted iris's centre: the fan meets it there
             vertices[gaze.vertex] = (position.real, position.imag)
         vertices[faces:faces + len(ring)] = ring
-        edge = vertices[self._band_inner]  # the face's edge, where the band starts
-        vertices[faces + len(ring):self._num_moving] = ((ring - edge)[None] * BAND_STEPS[:, None, None]
-                                                         + edge[None]).reshape(-1, 2)
+        vertices[faces + len(ring):self._num_moving] = _band_points(vertices[self._band_inner], ring)
         ring_motion = ring - self._ring_src
         vertices[self._num_moving:] += self._edge_share * ring_motion[self._edge_nearest]
         self._kept_ahead(vertices)
@@ -476,7 +474,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         rows, cols = self._grid.shape
         return self._upsampled(offsets, (0, 0, cols, rows))
 
-    def _grid_offsets(self, target: MotionTarget) -> np.ndarray | None:
+    def _grid_offsets(self, target: MotionTarget, eyes: list | None = None) -> np.ndarray | None:
         """(rows, cols, 2) float32: how far (avatar px) the source of every grid sample lies from the
         sample (the backward map less the identity), or None when no vertex moves.
 
@@ -488,7 +486,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         its triangle's affine map (target → source); samples no moved triangle covers stay put.
         """
         grid = self._grid
-        vertices, depth = self._vertex_targets(target)
+        vertices, depth = self._vertex_targets(target, eyes)
         # Per column, not any() over the short last axis: 0.02 ms instead of 0.18 per frame.
         moved = (vertices[:, 0] != self._vertices_src[:, 0]) | (vertices[:, 1] != self._vertices_src[:, 1])
         drawn = moved[self._tri[:, 0]] | moved[self._tri[:, 1]] | moved[self._tri[:, 2]]

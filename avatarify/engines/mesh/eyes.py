@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from avatarify.engines.mesh.geometry import GREY_BGR, _box_around, _polygon_mask, _smoothstep
+from avatarify.engines.mesh.geometry import GREY_BGR, _box_around, _inside, _polygon_mask, _smoothstep
 from avatarify.motion import EYES, EyeIndices
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ TURN_STEPS = 12  # how finely `_turned_in` turns a point toward the eye's corner
 IRIS_COVER = 1.15
 WHITE_EDGE_PX = 0.7  # the white colour fades in over this many output px (Gaussian sigma)
 WHITE_MIN_PIXELS = 6  # the least of the photo's white that gives its colour
+WHITE_BRIGHTEST = 0.1  # the share of those pixels, brightest first, whose median is the white
 # An eye's fan is drawn as if this share of the face size deeper than its corners: behind the lid
 # skin around it (Face Mesh's lid and lash-ring depths differ by far less), in front of the head's
 # far side.
@@ -135,11 +136,10 @@ class EyeRig:
         gaze_eyes = []
         for eye, centre in zip(EYES, iris_vertices):
             ring = np.array([vertex_of[index] for index in eye.opening], np.int32)
-            outline = self._vertices_src[ring].astype(np.float32)
+            outline = self._vertices_src[ring]
             candidates = np.flatnonzero(np.isin(triangles, ring).all(axis=1))
             centroids = self._vertices_src[triangles[candidates]].mean(axis=1)
-            covered = candidates[[cv2.pointPolygonTest(outline, (float(x), float(y)), False) > 0
-                                  for x, y in centroids]]
+            covered = candidates[_inside(centroids, outline)]
             kept = np.delete(triangles, covered, axis=0)
             kept_edges = {frozenset(map(int, edge)) for t in kept for edge in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0]))}
             lid_edges = {frozenset(map(int, edge)) for edge in zip(ring, np.roll(ring, -1))}
@@ -169,10 +169,10 @@ class EyeRig:
         return rig
 
     def _eye_white(self, gaze: _Gaze) -> np.ndarray:
-        """The colour of the photo's white of this eye: the brighter half of its pixels inside the
-        lids (clear of the rows they shadow) and beyond the iris's rim, by their median (the rest
-        are lashes, the eye's corner, the rim's shade); the brightest tenth of the opening where
-        the photo shows too little white."""
+        """The colour of the photo's white of this eye: the median of the brightest tenth of its
+        pixels inside the lids (clear of the rows they shadow) and beyond the iris's rim (the rest
+        are lashes, the eye's corner, the rim's shade), or of the whole opening where the photo
+        shows too little white."""
         opening = self._avatar_points[list(gaze.indices.opening)]
         x0, y0, x1, y1 = _box_around(opening, 0.0, (0, 0, self._avatar_bgr.shape[1], self._avatar_bgr.shape[0]))
         ys, xs = np.mgrid[y0:y1, x0:x1]
@@ -180,11 +180,11 @@ class EyeRig:
         inside = np.minimum(*_from_lids(z, gaze.photo)) > 0.0
         white = _shows(z, gaze) & (np.abs(z - gaze.iris) >= gaze.radius)
         pixels = self._avatar_bgr[y0:y1, x0:x1]
-        chosen, share = (pixels[white], 0.1) if white.sum() >= WHITE_MIN_PIXELS else (pixels[inside], 0.1)
+        chosen = pixels[white] if white.sum() >= WHITE_MIN_PIXELS else pixels[inside]
         if not len(chosen):
             return np.full(3, 255, np.uint8)
         grey = chosen.astype(np.float32) @ GREY_BGR
-        bright = chosen[grey >= np.quantile(grey, 1.0 - share)]
+        bright = chosen[grey >= np.quantile(grey, 1.0 - WHITE_BRIGHTEST)]
         return np.median(bright, axis=0).astype(np.uint8)
 
     @staticmethod
@@ -217,11 +217,13 @@ class EyeRig:
             targets.append(_EyeTarget(lids, gaze.iris + place - gaze.rest, opened))
         return targets
 
-    def _paint_eyes(self, warped: np.ndarray, origin: np.ndarray, points: np.ndarray) -> None:
+    def _paint_eyes(self, warped: np.ndarray, origin: np.ndarray, points: np.ndarray,
+                    eyes: list[_EyeTarget]) -> None:
         """Paint each eye opening into `warped` (a block of the output whose top-left pixel is
-        `origin`, avatar px) from the photo's own eye (see `_eye_sources`)."""
+        `origin`, avatar px) from the photo's own eye (see `_eye_sources`), for these landmarks'
+        `_iris_targets`."""
         height, width = warped.shape[:2]
-        for gaze, eye in zip(self._gaze_eyes, self._iris_targets(points)):
+        for gaze, eye in zip(self._gaze_eyes, eyes):
             opening = points[list(gaze.indices.opening)] - origin
             x0, y0, x1, y1 = _box_around(opening, 1.0, (0, 0, width, height))
             if x1 - x0 < 2 or y1 - y0 < 2:

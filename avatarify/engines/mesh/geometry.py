@@ -90,6 +90,12 @@ def warp_points(mesh: np.ndarray) -> np.ndarray:
     return np.array(sorted(kept))
 
 
+def _inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """(N,) bool: which points lie strictly inside the polygon (M, 2)."""
+    polygon = np.asarray(polygon, np.float32)
+    return np.array([cv2.pointPolygonTest(polygon, (float(x), float(y)), False) > 0 for x, y in points], bool)
+
+
 def _distance_to_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     """(N,) distance of each point to the nearest edge of a closed polygon (M, 2)."""
     start, end = polygon, np.roll(polygon, -1, axis=0)

@@ -182,7 +182,7 @@ class HeadOutline:
         within = (apart <= gap[:, None]) & (radius[None, :] * np.cos(apart) < 0.9 * reach[:, None])
         outward = np.where(within, radius[None, :] * np.cos(apart), -np.inf)
         best = outward.argmax(axis=1)
-        farther = outward[np.arange(len(oval)), best] > radius[oval] * np.cos(0.0) + 0.5
+        farther = outward[np.arange(len(oval)), best] > radius[oval] + 0.5
         return np.where(farther, best, oval)
 
     @staticmethod
@@ -214,6 +214,7 @@ class HeadOutline:
         self._fade_inner, self._fade_rays = inner, rays.astype(np.float32)
         self._fade_gap = (RING_SQUEEZE * np.maximum(gap, 0.0)).astype(np.float32)
         self._fade_first = first
+        self._fade_box = self._fade_limits(self._grid)
 
     def _kept_ahead(self, vertices: np.ndarray) -> None:
         """Pushes each fade point out along its ray, in place, so that it stays ahead of the vertex
@@ -221,8 +222,7 @@ class HeadOutline:
         ring past the still fade rings there (the room's fade is short), and those triangles
         folded into a saw-tooth edge beside the cheek and along the hair. Pushed, the room just
         beside the head is squeezed instead. Rings are pushed in order, inner first."""
-        first = self._fade_first
-        lo, hi = self._fade_limits(self._grid)
+        first, (lo, hi) = self._fade_first, self._fade_box
         for level in self._fade_levels:
             index = first + level
             ahead = ((vertices[index] - vertices[self._fade_inner[level]]) * self._fade_rays[level]).sum(axis=1)
