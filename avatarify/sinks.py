@@ -3,7 +3,7 @@
 Input: BGR uint8 frames of the camera size (the app composes them: compose.py). A frame of another
 size is scaled to fit and padded, keeping its aspect ratio.
 Output: the virtual camera device (pyvirtualcam: v4l2loopback on Linux, OBS on Windows/macOS),
-an OpenCV window (which also reads the hotkeys), or a video file (H.264 on a writer thread).
+an OpenCV window (which also reads the hotkeys), or a video file (H.264, encoded by another process: recorder.py).
 A sink that cannot start raises SinkError with one line saying how to fix it; the app decides
 whether to go on without it.
 """
@@ -14,9 +14,9 @@ import ctypes.util
 import logging
 import os
 import platform
-import queue
-import threading
-from fractions import Fraction
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -91,87 +91,128 @@ class VirtualCameraSink:
 
 
 class VideoFileSink:
-    """Frames to an mp4 file, encoded on a writer thread so encoding stays off the frame's path.
+    """Frames to an mp4 file, encoded by another process (avatarify/recorder.py) so that encoding
+    stays off the frame's path and out of its GIL.
 
     H.264 through PyAV's libx264, lossless (qp 0) in 4:4:4: a still pixel decodes to the same value
     in every frame (a lossy encoder refines still areas frame by frame, moving them by up to 9
     levels at crf 18, and MPEG-4 part 2 by 52), and each pixel is within 2 levels of what the virtual
     camera got (BGR → YCbCr rounding; 4:2:0 moved colour edges by 20–95). Plays in VLC, mpv,
     ffmpeg/OpenCV and OBS; browsers and QuickTime want 4:2:0 (README: Useful flags).
-    The queue holds at most `queue_frames` frames: when the encoder falls behind, `send` waits
-    for it rather than drop a frame or grow without bound. `frames` counts frames encoded, so the
-    closing line tells what the file holds, also after a stop signal.
+    `send` copies the frame into one of `queue_frames` slots of a memory-mapped file and tells the
+    encoder its number; with every slot taken (the encoder behind) it waits for one rather than
+    drop a frame or grow without bound. `frames` counts frames encoded, so the closing line tells
+    what the file holds, also after a stop signal. The encoder runs in its own session, so a Ctrl+C
+    or a closed terminal reaches only the app, which then ends the file in order.
     """
 
-    CODEC, PIXEL_FORMAT, OPTIONS = "libx264", "yuv444p", {"qp": "0", "preset": "ultrafast"}
     QUEUE_FRAMES = 8  # ~22 MB at 1280x720; a quarter second of slack at 30 fps
+    WAIT_S = 60.0  # for the encoder to finish the file once its input ends
 
     def __init__(self, path: Path, fps: float, width: int, height: int, queue_frames: int = QUEUE_FRAMES) -> None:
         self.path = Path(path)
         self.width, self.height = width, height
         if not self.path.parent.is_dir():
             raise SinkError(f"Cannot write {self.path}: folder {self.path.parent} does not exist.")
-        try:
-            import av
-        except ImportError:
-            raise SinkError("--output needs PyAV (the av package); install it with pip install -r "
-                            "requirements.txt.") from None
-        try:
-            self._container = av.open(str(self.path), mode="w")
-            fps = fps if 0 < fps < 1000 else 30.0  # some webcams report 0 or NaN for their rate
-            stream = self._container.add_stream(self.CODEC, rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = width, height, self.PIXEL_FORMAT
-            stream.options = dict(self.OPTIONS)
-            # Two encoder threads at most: the app's own stages need the other cores.
-            stream.codec_context.thread_count = min(2, os.cpu_count() or 1)
-        except (av.FFmpegError, ValueError, OSError) as exc:
-            log.debug("video writer failed: %s", exc)
-            raise SinkError(f"Cannot write video file {self.path}; use an .mp4 name in a writable folder.") from None
-        self._stream = stream
+        fps = fps if 0 < fps < 1000 else 30.0  # some webcams report 0 or NaN for their rate
         self.frames = 0
         self.error: str | None = None
-        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=queue_frames)
-        self._thread = threading.Thread(target=self._write_all, name="video-writer", daemon=True)
-        self._thread.start()
+        self._slots_path = _slots_file(queue_frames * height * width * 3)
+        self._slots = np.memmap(self._slots_path, dtype=np.uint8, mode="w+", shape=(queue_frames, height, width, 3))
+        self._free = list(range(queue_frames))
+        self._stopped = False  # the encoder is gone: frames go nowhere
+        # -P: the script's folder (this package) stays off sys.path, so its modules shadow nothing.
+        command = [sys.executable, "-P", str(Path(__file__).with_name("recorder.py")), str(self.path),
+                   str(self._slots_path), "--fps", repr(fps), "--width", str(width), "--height", str(height),
+                   "--slots", str(queue_frames)]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                          bufsize=1, **_own_session())
+        reply = self._reply()
+        if reply != "ready":  # e.g. "error Invalid argument" for a name without a video extension
+            self._discard()
+            log.debug("video writer failed: %s", reply)
+            raise SinkError(f"Cannot write video file {self.path}; use an .mp4 name in a writable folder.")
+        if os.name == "posix":  # the encoder has it mapped; nothing is left behind if the app dies
+            self._slots_path.unlink(missing_ok=True)
 
     def send(self, frame_bgr: np.ndarray) -> None:
         frame = to_camera(frame_bgr, self.width, self.height, pad=True)
-        if frame is frame_bgr:  # the engine may draw its next frame into the same buffer
-            frame = frame.copy()
-        if self.error is None:
-            self._queue.put(np.ascontiguousarray(frame))
+        while not self._free and not self._stopped:  # every slot waits for the encoder: wait for one
+            self._read_event()
+        if self._stopped:
+            return
+        slot = self._free.pop()
+        self._slots[slot] = frame
+        try:
+            self._process.stdin.write(f"{slot}\n")
+        except OSError:  # the encoder was killed from outside: keep the call going
+            self._encoder_gone()
 
-    def _encode(self, frame_bgr: np.ndarray) -> None:
-        import av
+    def _reply(self) -> str:
+        line = self._process.stdout.readline()
+        return line.strip() if line else ""
 
-        for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame_bgr, format="bgr24")):
-            self._container.mux(packet)
+    def _read_event(self) -> str:
+        """One line from the encoder, its news taken in: a freed slot, an error, the end."""
+        kind, _, rest = self._reply().partition(" ")
+        if kind == "free":
+            slot, frames = rest.split()
+            self._free.append(int(slot))
+            self.frames = int(frames)
+        elif kind == "done":
+            self.frames = int(rest)
+        elif kind == "error":
+            self._note_error(rest)
+        else:  # no line: the encoder is gone
+            self._encoder_gone()
+            return "done"
+        return kind
 
-    def _write_all(self) -> None:
-        import av
+    def _note_error(self, message: str) -> None:
+        if self.error is None:  # a full disk: say so once, keep the app going
+            self.error = message
+            log.warning("Writing %s stopped after %d frames: %s", self.path, self.frames, message)
 
-        while (frame := self._queue.get()) is not None:
-            if self.error is not None:
-                continue  # drain, so send never blocks on a dead writer
-            try:
-                self._encode(frame)
-                self.frames += 1
-            except (av.FFmpegError, OSError) as exc:  # a full disk: say so once, keep the app going
-                self.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                log.warning("Writing %s stopped after %d frames: %s", self.path, self.frames, self.error)
+    def _encoder_gone(self) -> None:
+        self._stopped = True
+        self._note_error("the encoder stopped")
 
     def close(self) -> None:
-        import av
-
-        self._queue.put(None)
-        self._thread.join()
         try:
-            for packet in self._stream.encode():  # the frames the encoder still holds
-                self._container.mux(packet)
-            self._container.close()
-        except (av.FFmpegError, OSError) as exc:
-            log.warning("Finishing %s failed: %s", self.path, str(exc).splitlines()[0] if str(exc) else exc)
+            self._process.stdin.close()  # the end of the file
+        except OSError:
+            pass
+        while not self._stopped and self._read_event() != "done":
+            pass
+        self._discard()
         log.info("wrote %d frames to %s", self.frames, self.path)
+
+    def _discard(self) -> None:
+        try:
+            self._process.wait(timeout=self.WAIT_S)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+        del self._slots
+        self._slots_path.unlink(missing_ok=True)
+
+
+def _slots_file(size: int) -> Path:
+    """A new file for the frames handed to the encoder: in RAM (/dev/shm) where it has room to
+    spare (a full /dev/shm would crash the writer on a page fault), else in the temp folder."""
+    shm = "/dev/shm"
+    roomy = os.path.isdir(shm) and os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize > 2 * size
+    folder = shm if roomy else None
+    handle, name = tempfile.mkstemp(prefix="avatarify-recording-", suffix=".frames", dir=folder)
+    os.close(handle)
+    return Path(name)
+
+
+def _own_session() -> dict:
+    """Popen arguments that keep terminal signals (Ctrl+C, a closed terminal) from the encoder: the
+    app gets them and closes the file; the encoder ends when its input does."""
+    if os.name == "posix":
+        return {"start_new_session": True}
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.live_perf import driver_names, median_stages, parse_args, real_videos
+from bench.live_perf import driver_names, median_stages, parse_args, real_videos, recording_cost
 
 
 def _touch(path: Path) -> Path:
@@ -50,3 +50,15 @@ def test_stage_medians_over_runs_keep_the_first_runs_order():
     medians = median_stages(runs)
     assert list(medians) == ["detect", "animate"]
     assert medians == {"detect": {"p50": 5.0, "p95": 7.0}, "animate": {"p50": 8.0, "p95": 9.0}}
+
+
+def test_recording_cost_is_the_ratio_of_medians_within_the_same_rounds():
+    def stats(fps, frames=300):
+        return {"fps": fps, "frames": frames, "latency_ms": {"p95": 1000 / fps}}
+
+    plain = [stats(80.0), stats(90.0), stats(70.0)]
+    cost = recording_cost(plain, [stats(72.0), stats(85.0), stats(60.0)])
+    assert cost["fps_ratio"] == 0.9 and cost["met"] and cost["frames_as_plain"]
+    assert cost["fps_ratio_runs"] == [0.9, 0.944, 0.857]
+    short = recording_cost(plain, [stats(71.0), stats(85.0), stats(60.0, frames=299)])
+    assert not short["met"] and not short["frames_as_plain"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -179,31 +181,59 @@ def test_the_video_file_holds_every_frame_in_order_and_keeps_still_pixels_still(
     assert max(np.abs(d.astype(int) - f)[far].max() for d, f in zip(decoded, frames)) <= 3
 
 
-def test_the_writer_queue_is_bounded_and_send_waits_for_a_slow_encoder(tmp_path, monkeypatch):
-    import threading
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_encoder_runs_in_its_own_process_only_on_idle_cpu(tmp_path):
+    sink = VideoFileSink(tmp_path / "out.mp4", 30.0, 320, 180)
+    try:
+        sink.send(_numbered_frames(1, 320, 180)[0])
+        encoder = sink._process.pid
+        assert encoder != os.getpid() and os.sched_getscheduler(encoder) == os.SCHED_IDLE
+        assert os.getsid(encoder) != os.getsid(0)  # a Ctrl+C in the terminal reaches only the app
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the app keeps its priority
+    finally:
+        sink.close()
+    assert sink.frames == 1 and sink._process.returncode == 0
+    assert not sink._slots_path.exists()
 
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="pauses the encoder with SIGSTOP")
+def test_the_frames_waiting_for_the_encoder_are_bounded_and_send_waits_for_it(tmp_path):
     sink = VideoFileSink(tmp_path / "out.mp4", 30.0, 320, 180, queue_frames=2)
-    release = threading.Event()
-    encode = sink._encode
-
-    def slow_encode(frame):
-        release.wait(10)  # an encoder far behind the app
-        encode(frame)
-
-    monkeypatch.setattr(sink, "_encode", slow_encode)
     frames = _numbered_frames(6, 320, 180)
+    os.kill(sink._process.pid, signal.SIGSTOP)  # an encoder far behind the app
     sender = threading.Thread(target=lambda: [sink.send(f) for f in frames], daemon=True)
-    sender.start()
-    deadline = time.monotonic() + 10
-    while sink._queue.qsize() < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    sender.join(0.5)
-    # One frame in the encoder, two queued, the fourth send waits: nothing dropped, memory bounded.
-    assert sender.is_alive() and sink._queue.qsize() == 2 and sink.frames == 0
-    release.set()
+    try:
+        sender.start()
+        sender.join(1.0)
+        # Both slots hold a frame and the third send waits: nothing dropped, memory bounded.
+        assert sender.is_alive() and not sink._free and sink.frames == 0
+    finally:
+        os.kill(sink._process.pid, signal.SIGCONT)
     sender.join(10)
     sink.close()
-    assert not sender.is_alive() and sink.frames == 6 and len(_decoded(tmp_path / "out.mp4")) == 6
+    decoded = _decoded(tmp_path / "out.mp4")
+    assert not sender.is_alive() and sink.frames == 6 and len(decoded) == 6
+    assert [round((f[150:175, 285:315].mean() - 20) / 5) for f in decoded] == list(range(6))
+
+
+def test_an_encoder_killed_from_outside_leaves_the_app_running_and_says_so(tmp_path, caplog):
+    sink = VideoFileSink(tmp_path / "out.mp4", 30.0, 320, 180, queue_frames=2)
+    frames = _numbered_frames(5, 320, 180)
+    sink.send(frames[0])
+    sink._process.kill()
+    sink._process.wait()
+    with caplog.at_level("WARNING"):
+        for frame in frames[1:]:
+            sink.send(frame)  # neither blocks nor raises
+        sink.close()
+    assert sink.error == "the encoder stopped" and "the encoder stopped" in caplog.text
+    assert sink.frames <= 1
+
+
+def test_a_name_the_encoder_cannot_write_is_one_line_and_leaves_nothing_behind(tmp_path):
+    with pytest.raises(SinkError, match="use an .mp4 name"):
+        VideoFileSink(tmp_path / "out.notavideo", 30.0, 320, 180)
+    assert list(tmp_path.iterdir()) in ([], [tmp_path / "out.notavideo"])
 
 
 def _start_xvfb() -> tuple[subprocess.Popen, str] | None:
