@@ -7,9 +7,10 @@ picture's size. Only the region around the head (ROI) is warped, so the cost fol
 size, not the picture's.
 
 The package, one concern per module: `geometry` (the sampling grid, masks, the warp's Face Mesh
-points), `outline` (the head's ring, the fade around it, the ROI border), `eyes` (the iris fans and
-gaze), `mouth` (the interior and its light); this module builds the mesh, rasterizes it back to front
-and remaps the photo. The last three are mixins of MeshAnimator: they share its per-avatar state.
+points), `outline` (the head's ring, the fade around it, the ROI border), `seams` (the exact map
+where the face's edge hides the band), `eyes` (the iris fans and gaze), `mouth` (the interior and
+its light); this module builds the mesh, rasterizes it back to front and remaps the photo.
+`outline`, `eyes` and `mouth` are mixins of MeshAnimator: they share its per-avatar state.
 
 Per avatar (`set_avatar`), everything that does not depend on the driver is precomputed:
   - the mesh: Delaunay over about half of the 468 face points (every feature contour, evenly spaced
@@ -39,7 +40,9 @@ orientation flipped shows its back and is not drawn, so a turned head hides its 
 folding it (a flipped triangle of the room, the band or the face's outermost row is a squeeze, and
 is drawn: left out, it opened a hole). Each grid sample takes its triangle's affine map (target →
 source); the map is upsampled and applied by cv2.remap in bands, only over the pixels that can
-change. Then, where the driver opens the mouth wider than the avatar: the mouth interior, the
+change. Where the face's edge cuts across the band behind it (the far cheek of a turned head) the
+map breaks, and the upsampling drew the edge as the grid's stair steps with a dark fringe; there
+each pixel takes its own triangle's map (`seams`). Then, where the driver opens the mouth wider than the avatar: the mouth interior, the
 driver's own teeth and tongue from the driving frame (inside their inner lips, eroded, so their lips
 never show, its colours carried out to the avatar's lips), lit as the avatar's cheeks are
 (brightness, and a little of their warmth: teeth stay white), over a shaded cavity, under the
@@ -71,6 +74,7 @@ from avatarify.engines.base import REGIONS, Animator, AnimatorError
 from avatarify.engines.mesh.geometry import _Grid, _inside, _moving, _union, warp_points
 from avatarify.engines.mesh.eyes import FAN_BEHIND, EyeRig
 from avatarify.engines.mesh.mouth import MouthPainter
+from avatarify.engines.mesh.seams import edge_functions, put_seam_pixels, seam_pixels
 from avatarify.engines.mesh.outline import (EDGE_ROOM, HAIR_REACH, NECK_START, ROI_MARGIN, ROOM_MASK_BLUR,
                                             HeadOutline, _person_mask)
 from avatarify.motion import (EYES, FACE_OVAL, NUM_LANDMARKS, NUM_MESH_POINTS, MotionSettings, MotionTarget,
@@ -118,6 +122,8 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         self._bounds = (0, 0, 0, 0)  # the photo's own pixels in the picture (see _photo_bounds)
         # The last frame's grid offsets and changed box: last_map is upsampled from them on demand.
         self._last_warp: tuple[np.ndarray, tuple[int, int, int, int]] | None = None
+        # The last grid offsets' exact map at its seams (seams.py): pixel rows, columns, offsets.
+        self._seam_pixels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.last_map_origin: np.ndarray | None = None  # avatar px (x, y) of last_map's first pixel
         self.last_target: MotionTarget | None = None
         # The driver's mouth interior's levels under the avatar's light (a lookup table; until a neutral: as is).
@@ -363,10 +369,17 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
                              (float(x0 - bx0), float(y0 - by0), 0.0, 0.0))  # relative to what is written
             offset = cv2.resize(offset, ((wide_right - wide_left) * step, (down - up) * step),
                                 interpolation=cv2.INTER_LINEAR)
+            self._exact_at_seams(offset, (r0 + up, c0 + wide_left), (float(x0 - bx0), float(y0 - by0)))
             y, x = (top - up) * step, (left - wide_left) * step
             height, width = (bottom - top) * step, (right - left) * step
             cv2.remap(photo, offset[y:y + height, x:x + width], None, cv2.INTER_LINEAR | cv2.WARP_RELATIVE_MAP,
                       dst=output[y0:y0 + height, x0:x0 + width], borderMode=cv2.BORDER_REPLICATE)
+
+    def _exact_at_seams(self, offset: np.ndarray, first: tuple[int, int], shift: tuple[float, float]) -> None:
+        """Correct an upsampled window of the last grid offsets, whose first sample is grid (row,
+        col) `first`, per pixel where the map breaks (seams.py); `shift`: what was added to it."""
+        if self._seam_pixels is not None:
+            put_seam_pixels(offset, self._seam_pixels, (first[0] * self.step, first[1] * self.step), shift)
 
     def _box_origin(self, box: tuple[int, int, int, int]) -> np.ndarray:
         """Avatar px (x, y) of the top-left pixel of a box of grid samples (c0, r0, c1, r1)."""
@@ -400,12 +413,14 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         c0, r0, c1, r1 = box
         step = self.step
         offset = np.ascontiguousarray(offsets[r0:r1, c0:c1])
+        x0 = y0 = 0.0
         if relative:  # the box's origin (from the photo's corner) is a constant: added on the grid
             x0, y0 = (float(v) for v in self._box_origin(box) - self._bounds[:2])
             offset = cv2.add(offset, (x0, y0, 0.0, 0.0))  # numpy's broadcast add is ~15x slower here
         # Upsample the offset, not the positions: it is 0 at the fixed border, so the half-sample
         # the upsampling clamps at the box's edge costs nothing there.
         offset = cv2.resize(offset, ((c1 - c0) * step, (r1 - r0) * step), interpolation=cv2.INTER_LINEAR)
+        self._exact_at_seams(offset, (r0, c0), (x0, y0) if relative else (0.0, 0.0))
         if relative:
             return offset
         return cv2.add(offset, self._full_grid[r0 * step:r1 * step, c0 * step:c1 * step], dst=offset)
@@ -490,6 +505,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         # Per column, not any() over the short last axis: 0.02 ms instead of 0.18 per frame.
         moved = (vertices[:, 0] != self._vertices_src[:, 0]) | (vertices[:, 1] != self._vertices_src[:, 1])
         drawn = moved[self._tri[:, 0]] | moved[self._tri[:, 1]] | moved[self._tri[:, 2]]
+        self._seam_pixels = None
         if not drawn.any():
             self.last_triangles = None
             return None
@@ -504,7 +520,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         tri, corners, layer = tri[facing], corners[facing], self._tri_layer[drawn][facing]
         far = depth[tri].mean(axis=1) + self._fan_behind[drawn][facing]
         order = np.lexsort((-far, layer))  # by layer, then far (large z) first
-        tri, corners = tri[order], corners[order]
+        tri, corners, layer = tri[order], corners[order], layer[order]
         sources = self._vertices_src[tri].astype(np.float64)
         ids = self._rasterized(corners, grid)
         self.last_triangles = np.where(ids < len(tri), ids, -1)
@@ -514,6 +530,8 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         affine[:, [0, 4]] -= 1.0
         coefficients = np.zeros((len(tri) + 1, 6), np.float32)
         coefficients[:len(tri)] = affine
+        self._seam_pixels = seam_pixels(ids, layer == 2, edge_functions(corners), coefficients, (grid.x0, grid.y0),
+                                        self.step)
         c = np.take(coefficients, ids.ravel(), axis=0)  # ~3x faster than fancy indexing here
         x, y = self._grid_x, self._grid_y
         offsets = np.empty((x.size, 2), np.float32)
