@@ -253,6 +253,29 @@ def test_an_eye_opened_wider_opens_only_that_eye_of_the_avatar(avatars):
         assert ratios[eye, 1 - eye] == pytest.approx(1.0, abs=0.08)
 
 
+def test_the_white_opened_wider_than_the_photo_is_near_neutral_not_skin_tinted(avatars):
+    """Grace Hopper's eyes (shadowed, behind glasses) opened far wider than the photo's: the white
+    painted where her lids hid the eyeball is a greyish white, shaded; it was her few white pixels'
+    skin-tinted colour, a flat pink patch that read as a hole in the eye (saturation 0.50 / 0.59 of
+    its brighter half, now 0.26 / 0.31)."""
+    avatar_bgr, landmarks = avatars[("grace_hopper", 512)]
+    points = landmarks.points.copy()
+    for eye in EYES:
+        upper, lower = list(eye.upper_lid[1:-1]), list(eye.lower_lid[1:-1])
+        points[upper] = points[lower] + 1.6 * (points[upper] - points[lower])
+    engine = engine_for(avatars, "grace_hopper", 512, DrivingFrame(avatar_bgr, landmarks, 0.0))
+    output = engine.animate(DrivingFrame(avatar_bgr, replace(landmarks, points=points), 0.0))
+    saturation = cv2.cvtColor(output, cv2.COLOR_BGR2HSV)[..., 1] / 255.0
+    grey = cv2.cvtColor(output, cv2.COLOR_BGR2GRAY)
+    for eye in EYES:
+        opened = _polygon_mask(points[list(eye.opening)], (0, 0), output.shape[:2]) > 0.5
+        photo = _polygon_mask(landmarks.points[list(eye.opening)], (0, 0), output.shape[:2]) > 0
+        new = opened & ~cv2.dilate(np.uint8(photo), np.ones((5, 5), np.uint8)).astype(bool)
+        assert new.sum() > 100  # the lids opened over that much of the eyeball
+        white = new & (grey > np.median(grey[new]))  # its brighter half: the white, not the iris
+        assert np.median(saturation[white]) < 0.35
+
+
 def test_the_avatar_looks_where_the_driver_looks(avatars):
     """Grace Hopper looks from side to side (real tracking-mode landmarks); the astronaut's irises,
     re-measured by static Face Mesh on the output, follow along each eye, and at rest sit where the

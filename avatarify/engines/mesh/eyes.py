@@ -53,6 +53,16 @@ IRIS_COVER = 1.15
 WHITE_EDGE_PX = 0.7  # the white colour fades in over this many output px (Gaussian sigma)
 WHITE_MIN_PIXELS = 6  # the least of the photo's white that gives its colour
 WHITE_BRIGHTEST = 0.1  # the share of those pixels, brightest first, whose median is the white
+# The white painted where the photo's lids hid the eyeball is shaded as an eyeball is: darker
+# toward the corners (this share at a corner) and in the upper lid's shadow (this share at the
+# margin, fading over WHITE_LID_SHADOW_WIDTH eye widths); and only this share of its colour is
+# kept: a shadowed photo's few white pixels are skin-tinted, and a flat tinted patch the lids
+# opened over read as a hole in the eye (Grace Hopper, real driver d6 widening the eyes). Darker
+# shading (0.3 corners, 0.55 under the lid) lowered the eye-opening r Face Mesh reads (d12 0.902 -> 0.893).
+WHITE_CORNER_SHADE = 0.2
+WHITE_LID_SHADE = 0.2
+WHITE_LID_SHADOW_WIDTH = 0.05
+WHITE_CHROMA = 0.4
 # An eye's fan is drawn as if this share of the face size deeper than its corners: behind the lid
 # skin around it (Face Mesh's lid and lash-ring depths differ by far less), in front of the head's
 # far side.
@@ -184,8 +194,9 @@ class EyeRig:
         if not len(chosen):
             return np.full(3, 255, np.uint8)
         grey = chosen.astype(np.float32) @ GREY_BGR
-        bright = chosen[grey >= np.quantile(grey, 1.0 - WHITE_BRIGHTEST)]
-        return np.median(bright, axis=0).astype(np.uint8)
+        bright = np.median(chosen[grey >= np.quantile(grey, 1.0 - WHITE_BRIGHTEST)], axis=0)
+        level = float(bright @ GREY_BGR)
+        return np.clip(level + WHITE_CHROMA * (bright - level), 0, 255).astype(np.uint8)
 
     @staticmethod
     def _iris_place(points: np.ndarray, gaze: _Gaze, lids: _Lids) -> tuple[complex, float]:
@@ -235,8 +246,7 @@ class EyeRig:
             painted = cv2.remap(self._avatar_bgr, np.float32(source.real), np.float32(source.imag),
                                 cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             if white.any():
-                colour = np.empty_like(painted)
-                colour[:] = gaze.white_bgr
+                colour = _shaded_white(z, eye.lids, gaze.white_bgr)
                 painted = cv2.blendLinear(colour, painted, white, cv2.subtract(1.0, white))
             region = warped[y0:y1, x0:x1]
             warped[y0:y1, x0:x1] = cv2.blendLinear(painted, region, mask, cv2.subtract(1.0, mask))
@@ -270,6 +280,15 @@ class EyeRig:
             source = squashed + eye.opened * (source - squashed)
             white *= eye.opened
         return gaze.photo.pixels(source), white
+
+
+def _shaded_white(z: np.ndarray, lids: _Lids, white_bgr: np.ndarray) -> np.ndarray:
+    """The white of an eyeball at points `z` of the eye's frame, uint8 BGR: `white_bgr` darkened
+    toward the corners and under the upper lid."""
+    from_upper = np.maximum(_from_lids(z, lids)[0], 0.0)
+    shade = (1.0 - WHITE_CORNER_SHADE * np.clip(2.0 * z.real - 1.0, -1.0, 1.0) ** 2) * (
+        1.0 - WHITE_LID_SHADE * np.exp(-from_upper / WHITE_LID_SHADOW_WIDTH))
+    return np.clip(shade[..., None] * white_bgr.astype(np.float32), 0, 255).astype(np.uint8)
 
 
 def _between_lids(z: np.ndarray, lids: _Lids, photo: _Lids) -> np.ndarray:
