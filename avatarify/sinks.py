@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
 import logging
 import os
 import platform
@@ -114,6 +115,9 @@ class VideoFileSink:
         self.width, self.height = width, height
         if not self.path.parent.is_dir():
             raise SinkError(f"Cannot write {self.path}: folder {self.path.parent} does not exist.")
+        if importlib.util.find_spec("av") is None:  # checked here: the encoder would die with a traceback
+            raise SinkError("--output needs PyAV (the av package); install it with pip install -r "
+                            "requirements.txt.")
         fps = fps if 0 < fps < 1000 else 30.0  # some webcams report 0 or NaN for their rate
         self.frames = 0
         self.error: str | None = None

@@ -132,6 +132,16 @@ def test_unwritable_output_file_is_a_clear_error(tmp_path):
         VideoFileSink(tmp_path / "missing-folder" / "out.mp4", 30.0, 256, 256)
 
 
+def test_output_without_pyav_is_one_line_with_the_fix(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "av" else real(name, *a))
+    with pytest.raises(SinkError, match="needs PyAV.*pip install -r requirements.txt"):
+        VideoFileSink(tmp_path / "out.mp4", 30.0, 256, 256)
+    assert not list(tmp_path.iterdir())
+
+
 def _decoded(path: Path) -> list[np.ndarray]:
     import cv2
 

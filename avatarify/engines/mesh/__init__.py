@@ -420,7 +420,7 @@ class MeshAnimator(HeadOutline, EyeRig, MouthPainter, Animator):
         # Upsample the offset, not the positions: it is 0 at the fixed border, so the half-sample
         # the upsampling clamps at the box's edge costs nothing there.
         offset = cv2.resize(offset, ((c1 - c0) * step, (r1 - r0) * step), interpolation=cv2.INTER_LINEAR)
-        self._exact_at_seams(offset, (r0, c0), (x0, y0) if relative else (0.0, 0.0))
+        self._exact_at_seams(offset, (r0, c0), (x0, y0))  # (0, 0) unless relative
         if relative:
             return offset
         return cv2.add(offset, self._full_grid[r0 * step:r1 * step, c0 * step:c1 * step], dst=offset)

@@ -79,9 +79,9 @@ def seam_pixels(ids: np.ndarray, face: np.ndarray, edges: np.ndarray, coefficien
     span = np.arange(step)
     first_u = np.floor((cell_c + 0.5) * step - 0.5).astype(np.int32) + 1
     first_v = np.floor((cell_r + 0.5) * step - 0.5).astype(np.int32) + 1
-    u = (first_u[:, None, None] + span[None, None, :]) + 0 * span[None, :, None]
-    v = (first_v[:, None, None] + span[None, :, None]) + 0 * span[None, None, :]
-    u, v = u.reshape(len(seam), -1), v.reshape(len(seam), -1)  # (N, P)
+    shape = (len(seam), step, step)  # per cell its pixels' (row, column) within it
+    u = np.broadcast_to(first_u[:, None, None] + span[None, None, :], shape).reshape(len(seam), -1)
+    v = np.broadcast_to(first_v[:, None, None] + span[None, :, None], shape).reshape(len(seam), -1)
     x, y = (origin[0] + u).astype(np.float32), (origin[1] + v).astype(np.float32)
     # Per pixel and candidate: inside the candidate's triangle? Drawing order decides among those
     # that contain it (the rasterizer keeps the last drawn); "no triangle" ranks below any.
