@@ -156,9 +156,10 @@ def check_graph(spec: GraphSpec, path: Path) -> float:
 def _writable_dir(out_dir: Path, flag: str = "--out") -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # A probe of its own: two runs starting at once (the cache test, two app windows) shared
+        # one probe name, and one unlinked the other's: "No such file or directory" for a fine folder.
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write_test-"):
+            pass
     except OSError as exc:
         raise ExportError(f"Cannot write to output folder {out_dir} ({exc.strerror}); choose another {flag}.") from None
     return out_dir

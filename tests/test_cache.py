@@ -7,10 +7,11 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
-from export.onnx_export import cache_problem, cached_export, file_sha256
+from export.onnx_export import ExportError, _writable_dir, cache_problem, cached_export, file_sha256
 from conftest import ROOT
 
 EXPORT_SCRIPT = textwrap.dedent("""
@@ -75,3 +76,27 @@ def test_a_truncated_file_is_rebuilt_with_one_log_line(two_runs, fomm_checkpoint
                         f"{size}); rebuilding it."]
     assert cache_problem(out, file_sha256(fomm_checkpoint), unfused_frame=False) is None
     assert json.loads((out / "manifest.json").read_text())["out_dir"] == str(out)
+
+
+def test_runs_checking_one_folder_at_once_never_see_each_others_write_probe(tmp_path):
+    """Each run checks that the cache folder is writable with a probe file. With one probe name for
+    all, one run unlinked the probe another had just written, and that run stopped with "Cannot write
+    to output folder ... (No such file or directory)" for a folder that was fine (seen in the
+    two-runs test under load)."""
+    errors = []
+
+    def check_many_times():
+        for _ in range(300):
+            try:
+                _writable_dir(tmp_path, "--cache-dir")
+            except ExportError as exc:
+                errors.append(str(exc))
+                return
+
+    threads = [threading.Thread(target=check_many_times) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert list(tmp_path.iterdir()) == []  # no probe left behind
