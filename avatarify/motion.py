@@ -112,6 +112,40 @@ LASH_RINGS = ((247, 30, 29, 27, 28, 56, 190), (414, 286, 258, 257, 259, 260, 467
 BROWS = ((70, 63, 105, 66, 107, 46, 53, 52, 65, 55), (300, 293, 334, 296, 336, 276, 283, 282, 295, 285))
 
 
+# Brows moved alone pushed into a forehead that stayed put: the skin between them folded into a
+# hard, straight-topped edge over a raised brow (s7 driven by d6's raised brows). The forehead
+# skin follows them instead, fading out towards the face oval's top (the hair stays): the skin
+# just above a brow moves this share of the brow's move (all of it: skin over a raised brow rises
+# with it; 0.6 still left the fold's straight top).
+FOREHEAD_FOLLOW = 1.0
+
+
+def forehead_rig(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mesh points between the brows' upper edges and the face oval's top, and how each follows
+    the brows: (n,) indices and (n, 20) weights on the brow points of BROWS (both brows in order;
+    each row: FOREHEAD_FOLLOW times the point's fade from the brow (1) to the oval's top (0),
+    spread over the brow points near it across the face)."""
+    mesh = np.asarray(points, dtype=np.float64)[:NUM_MESH_POINTS]
+    brow_points = np.array([i for brow in BROWS for i in brow])
+    upper = np.array(sorted((i for brow in BROWS for i in brow[:5]), key=lambda i: mesh[i, 0]))
+    oval = np.array(FACE_OVAL)
+    top = oval[mesh[oval, 1] < mesh[upper, 1].max()]
+    top = top[np.argsort(mesh[top, 0])]
+    x, y = mesh[:, 0], mesh[:, 1]
+    brow_y = np.interp(x, mesh[upper, 0], mesh[upper, 1])
+    span = brow_y - np.interp(x, mesh[top, 0], mesh[top, 1])  # brow to the oval's top, px
+    rise = (brow_y - y) / np.maximum(span, 1e-6)  # 0 at the brow, 1 at the top
+    above = (x >= mesh[upper, 0].min()) & (x <= mesh[upper, 0].max()) & (span > 1.0) & (rise > 0.0) & (rise < 1.0)
+    above[brow_points] = False
+    for eye, lashes in zip(EYES, LASH_RINGS):  # set from the eye's openness, never from the brows
+        above[list(eye.upper_lid) + list(eye.lower_lid) + list(lashes)] = False
+    chosen = np.flatnonzero(above)
+    sigma = max(0.125 * float(np.ptp(mesh[upper, 0])), 1.0)  # about a quarter of one brow's width
+    near = np.exp(-0.5 * ((x[chosen, None] - x[brow_points][None, :]) / sigma) ** 2)
+    near /= np.maximum(near.sum(axis=1, keepdims=True), 1e-12)
+    return chosen, (FOREHEAD_FOLLOW * (1.0 - rise[chosen]))[:, None] * near
+
+
 def head_outline(points: np.ndarray) -> np.ndarray:
     """The outline of the whole head (float64 (36, 2), along FACE_OVAL): the face oval pushed out
     from its centre (hair at the temples, ears), its upper half stretched up into the dome of the
@@ -501,6 +535,8 @@ class MotionTransfer:
         self._filter = OneEuroFilter(self.settings.min_cutoff, self.settings.beta, self.settings.d_cutoff)
         self._stable = np.array(STABLE_POINTS)
         self._brows = [np.array(brow) for brow in BROWS]
+        self._brow_points = np.array([i for brow in BROWS for i in brow])
+        self._forehead = (np.zeros(0, int), np.zeros((0, len(self._brow_points))))  # forehead_rig
         self._avatar: np.ndarray | None = None  # (478, 3) x, y, z avatar px
         self._avatar_pivot = np.zeros(3)
         self._avatar_has_depth = False
@@ -514,6 +550,7 @@ class MotionTransfer:
     # -- setup ---------------------------------------------------------------------------------
     def set_avatar(self, avatar_points: np.ndarray, depth: np.ndarray | None = None) -> None:
         self._avatar = _xyz(avatar_points, depth)
+        self._forehead = forehead_rig(avatar_points)
         self._avatar_has_depth = depth is not None
         self._avatar_pivot = head_pivot(avatar_points, depth)
         self._calibrate()
@@ -600,6 +637,8 @@ class MotionTransfer:
             expression = self._with_eye_openness(expression, undone, k)
             for brow in self._brows:
                 expression[brow] *= self.settings.brow_gain
+            skin, follow = self._forehead
+            expression[skin] += follow @ expression[self._brow_points]
         moved = head(self._avatar + expression)
         return MotionTarget(moved[:, :2].astype(np.float32), head.similarity(),
                             expression[:, :2].astype(np.float32), moved[:, 2].astype(np.float32), head)

@@ -11,10 +11,11 @@ import pytest
 from avatarify.datatypes import DrivingFrame
 from avatarify.engines.base import AnimatorError
 from avatarify.engines import mesh as mesh_module
+from avatarify.engines.mesh import seams as seams_module
 from avatarify.engines.mesh import MeshAnimator
 from avatarify.engines.mesh.geometry import _polygon_mask
 from avatarify.motion import (BROWS, EYES, FACE_OVAL, INNER_LIPS, NUM_MESH_POINTS, OUTER_LIPS, MotionTarget, Pose3D,
-                              brow_heights, eye_open_ratios, head_pivot, iris_heights,
+                              brow_heights, eye_open_ratios, forehead_rig, head_pivot, iris_heights,
                               rotation_from_angles)
 from bench.clips import face_rig, make_clip, track_landmarks, truth_series
 from bench.mesh_perf import avatar_of, driving_frames, synthetic_target
@@ -346,6 +347,29 @@ def test_a_frown_lowers_the_avatars_brows_inner_ends_most(avatars):
     drop = frown[:, 1] - rest[:, 1]
     for brow in BROWS:  # 107 and 336 end the brows' upper edges at the nose, 70 and 300 at the temples
         assert drop[brow[4]] > drop[brow[0]] + 1.0
+
+
+def test_raised_brows_lift_the_forehead_skin_not_the_hair(avatars):
+    """The astronaut's own landmarks with both brows raised by 0.04 face heights: the forehead's
+    mesh points go up with them, the nearer the brows the more, and the face oval's top (where the
+    hair starts) stays. Moved alone, the brows pushed into a forehead that stayed put: the skin
+    between folded into a hard, straight edge over the brow (s7 driven by d6's raised brows)."""
+    avatar_bgr, landmarks = avatars[("astronaut", 256)]
+    points = landmarks.points.copy()
+    height = float(np.linalg.norm(points[10] - points[152]))
+    brow_points = [i for brow in BROWS for i in brow]
+    points[brow_points, 1] -= 0.04 * height
+    engine = engine_for(avatars, "astronaut", 256, DrivingFrame(avatar_bgr, landmarks, 0.0))
+    engine.animate(DrivingFrame(avatar_bgr, replace(landmarks, points=points), 0.0))
+    lift = landmarks.points[:, 1] - engine.last_target.points[:, 1]
+    brow_lift = float(lift[brow_points].mean())
+    skin, _ = forehead_rig(landmarks.points)
+    assert len(skin) >= 5
+    low_to_high = skin[np.argsort(-landmarks.points[skin, 1])]
+    lower, upper = np.array_split(low_to_high, 2)
+    assert lift[lower].mean() > 0.35 * brow_lift
+    assert lift[lower].mean() > lift[upper].mean() + 0.05 * brow_lift
+    assert abs(lift[10]) < 0.1 * brow_lift
 
 
 def test_looking_down_lowers_the_avatars_irises(avatars):
@@ -793,3 +817,36 @@ def test_a_turned_heads_far_cheek_edge_does_not_follow_the_grid(avatars, yaw, mo
         return float(np.abs(picture - reference).max(axis=2)[edge].mean())
 
     assert differs(exact) < 0.7 * differs(upsampled)  # measured: 0.66 against 1.32 (yaw 25), 0.64 / 1.27
+
+
+def test_a_break_inside_the_face_does_not_follow_the_grid(avatars, monkeypatch):
+    """Inside the face the map breaks where a lip is squeezed past itself: the astronaut's lower
+    lip's inner edge pulled down twice as far as its outer edge (as a mouth opened far wider than
+    the photo's moves them). Upsampled from the grid, the break ran along it as stair steps with a
+    fringe (s12's lower lip under d6); per pixel there (seams.FACE_SEAM_PX) the 6 px grid's lip
+    differs from the 2 px grid's far less than with the upsampling alone."""
+    landmarks = avatars[("astronaut", 512)][1]
+    default = engine_for(avatars, "astronaut", 512).step
+    monkeypatch.setattr(mesh_module, "FACE_SIZE_PER_STEP", mesh_module.FACE_SIZE_PER_STEP * default / 6.0)
+    coarse = engine_for(avatars, "astronaut", 512)
+    monkeypatch.setattr(mesh_module, "FACE_SIZE_PER_STEP", mesh_module.FACE_SIZE_PER_STEP * 3.0)
+    fine = engine_for(avatars, "astronaut", 512)
+    assert (coarse.step, fine.step) == (6, 2)
+    points = landmarks.points.copy()
+    height = float(np.linalg.norm(points[10] - points[152]))
+    lower_inner, lower_outer = [14, 87, 178, 88, 95, 317, 402, 318, 324], [17, 84, 181, 91, 146, 314, 405, 321, 375]
+    points[lower_inner, 1] += 0.12 * height
+    points[lower_outer, 1] += 0.06 * height
+    target = MotionTarget(points, Pose3D().similarity(), np.zeros_like(points), None, Pose3D(pivot=np.zeros(3)))
+    reference = fine.render(target).astype(np.int16)  # no driving frame: the painted cavity is the same
+    exact = coarse.render(target).astype(np.int16)
+    monkeypatch.setattr(seams_module, "FACE_SEAM_PX", np.inf)
+    upsampled = coarse.render(target).astype(np.int16)
+    lip = np.zeros(reference.shape[:2], np.uint8)
+    cv2.fillPoly(lip, [cv2.convexHull(np.round(points[lower_outer + lower_inner]).astype(np.int32))], 1)
+    lip = cv2.dilate(lip, np.ones((15, 15), np.uint8)).astype(bool)
+
+    def differs(picture):  # mean difference (levels) from the fine grid's over the lower lip
+        return float(np.abs(picture - reference).max(axis=2)[lip].mean())
+
+    assert differs(exact) < 0.75 * differs(upsampled)  # measured: 0.35 against 0.63
