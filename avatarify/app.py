@@ -195,7 +195,8 @@ def build_animator(settings: Settings, choice: tuple[str, Path | None, str] | No
 
         # A video file gives every frame to the engine, so each waits for its own reply there.
         return create_remote_animator(settings.server, settings.token_file, settings.transport,
-                                      settings.crop_margin, wait_for_reply=isinstance(settings.camera, Path))
+                                      settings.crop_margin,
+                                      wait_for_reply=isinstance(settings.camera, Path) and not settings.realtime)
     return _build_mesh(settings)
 
 
@@ -533,7 +534,7 @@ def run(settings: Settings, stats: Stats | None = None) -> dict:
         avatars = load_avatars(_avatar_paths(settings), avatar_framing(settings))
     log.info("%d avatar%s loaded", len(avatars), "" if len(avatars) == 1 else "s")
     source = open_frame_source(settings.camera, settings.max_frames, settings.capture_width,
-                               settings.capture_height)
+                               settings.capture_height, realtime=settings.realtime)
     animator: Animator | None = None
     stopped: KeyboardInterrupt | None = None
     try:

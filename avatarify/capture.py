@@ -2,7 +2,8 @@
 webcam read on a background thread that keeps only the newest frame (stale frames are dropped,
 never queued, so latency stays one frame at most).
 
-Input: a webcam index or a video file path. Output: `CapturedFrame` (BGR uint8 frame, capture
+Input: a webcam index or a video file path (with `realtime`: delivered at its own frame rate through
+the webcam's reader, as a webcam would deliver it). Output: `CapturedFrame` (BGR uint8 frame, capture
 timestamp from `time.perf_counter()` taken when the frame was read, index in the source, and media time).
 Media time is the clock every time-based stage runs on (smoothing filters, the face-lost ease): a live
 camera's is its capture timestamp; a video file's is the file's own (the container's timestamp of the
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 class CaptureError(RuntimeError):
     """A frame source could not be opened or read (message is one clear sentence)."""
+
+
+class EndOfFrames(CaptureError):
+    """A paced video file (`--realtime`) has delivered its last frame."""
 
 
 @dataclass
@@ -145,6 +150,32 @@ class FrameReader(Protocol):
     def release(self) -> None: ...
 
 
+class PacedFileReader:
+    """A video file delivered at its own frame rate, as a webcam delivers frames (`--realtime`): the
+    FrameReader LiveCamera reads, so a frame the app is too busy for is skipped, as a webcam's is.
+    `ended` tells the end of the file from a camera's failure."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._cap, info = open_video_file(path)
+        self.fps = info.fps
+        self._period = 1.0 / info.fps
+        self._due: float | None = None  # perf_counter time the next frame is delivered at
+        self.ended = False
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        now = time.perf_counter()
+        if self._due is not None and self._due > now:
+            time.sleep(self._due - now)
+        # Behind by more than a frame (a stalled machine): the camera's clock goes on from now.
+        self._due = max(self._due + self._period, now) if self._due is not None else now + self._period
+        ok, frame = self._cap.read()
+        self.ended = not ok
+        return ok, frame
+
+    def release(self) -> None:
+        self._cap.release()
+
+
 class LiveCamera:
     """A webcam read on a background thread; `read()` returns the newest frame not yet returned.
 
@@ -156,7 +187,7 @@ class LiveCamera:
 
     def __init__(self, reader: FrameReader, name: str, fps: float = 30.0,
                  max_failures: int = 60, first_frame_timeout_s: float = 5.0,
-                 max_frames: int | None = None) -> None:
+                 max_frames: int | None = None, start_on_first_read: bool = False) -> None:
         self.name = name
         self.fps = fps
         self.dropped = 0
@@ -166,16 +197,20 @@ class LiveCamera:
         self._max_frames = max_frames
         self._latest: CapturedFrame | None = None
         self._failed = False
+        self._ended = False  # the reader ran out of frames (a paced file's end)
         self._stopping = threading.Event()
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._read_forever, name=f"camera {name}", daemon=True)
-        self._thread.start()
+        if not start_on_first_read:  # a webcam starts at once (its exposure settles while the app loads)
+            self._thread.start()
 
     def _read_forever(self) -> None:
         failures, index = 0, 0
         while not self._stopping.is_set():
             ok, frame = self._reader.read()
             stamp = time.perf_counter()
+            if not ok and getattr(self._reader, "ended", False):
+                break  # a paced file's end: the frames stop, the source has not failed
             if not ok or frame is None:
                 failures += 1
                 if failures >= self._max_failures:
@@ -190,15 +225,21 @@ class LiveCamera:
                 self._changed.notify_all()
             index += 1
         with self._changed:
-            self._failed = not self._stopping.is_set()
+            self._ended = getattr(self._reader, "ended", False)
+            self._failed = not self._stopping.is_set() and not self._ended
             self._changed.notify_all()
 
     def read(self, timeout_s: float = 2.0) -> CapturedFrame:
         """The newest frame, waiting for one newer than the last returned; CaptureError if none comes."""
+        if not self._thread.is_alive() and not self._thread.ident:
+            self._thread.start()
         with self._changed:
             ready = self._changed.wait_for(
-                lambda: self._latest is not None or self._failed or self._stopping.is_set(), timeout_s)
+                lambda: self._latest is not None or self._failed or self._ended or self._stopping.is_set(),
+                timeout_s)
             if self._latest is None:
+                if self._ended:
+                    raise EndOfFrames(f"{self.name} has no more frames.")
                 if self._stopping.is_set():
                     raise CaptureError(f"Camera {self.name} was closed.")
                 reason = "stopped delivering frames" if self._failed or ready else \
@@ -213,7 +254,11 @@ class LiveCamera:
         while self._max_frames is None or count < self._max_frames:
             if self._stopping.is_set():
                 return
-            yield self.read(timeout)
+            try:
+                frame = self.read(timeout)
+            except EndOfFrames:
+                return
+            yield frame
             timeout = 2.0
             count += 1
 
@@ -221,7 +266,8 @@ class LiveCamera:
         self._stopping.set()
         with self._changed:
             self._changed.notify_all()
-        self._thread.join(timeout=2.0)
+        if self._thread.ident:
+            self._thread.join(timeout=2.0)
         self._reader.release()
 
 
@@ -264,8 +310,14 @@ def open_camera(index: int, width: int = 640, height: int = 480,
 
 
 def open_frame_source(camera: int | Path, max_frames: int | None = None, width: int = 640,
-                      height: int = 480, progress: bool = True) -> VideoFileSource | LiveCamera:
-    """A webcam index → LiveCamera (newest frame only); a path → VideoFileSource (every frame)."""
+                      height: int = 480, progress: bool = True,
+                      realtime: bool = False) -> VideoFileSource | LiveCamera:
+    """A webcam index → LiveCamera (newest frame only); a path → VideoFileSource (every frame), or
+    with `realtime` a LiveCamera over the file at its own frame rate (as a webcam delivers it)."""
     if isinstance(camera, int):
         return open_camera(camera, width, height, max_frames)
+    if realtime:
+        reader = PacedFileReader(camera)
+        # Started by the first read: a file's first frames are not skipped while the app loads.
+        return LiveCamera(reader, name=str(camera), fps=reader.fps, max_frames=max_frames, start_on_first_read=True)
     return VideoFileSource(camera, max_frames=max_frames, progress=progress)

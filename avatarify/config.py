@@ -46,6 +46,9 @@ class Settings:
                                "avatar photo or folder of photos (jpg/png/webp); repeatable; "
                                "hotkeys 1-9 and a/d switch between them")
     camera: int | Path = _knob(0, "webcam index, or a video file read frame by frame (none dropped)")
+    realtime: bool = _knob(False, "with --camera FILE: play the file at its own frame rate, as a webcam "
+                                  "delivers frames (a frame the app is too busy for is skipped, as a "
+                                  "webcam's is), e.g. to drive a call from a recorded video")
     demo: bool = _knob(False, "write two public-domain sample photos into avatars/ and use them")
     # --- engine ---------------------------------------------------------------------------------
     engine: str = _knob("auto", "animation engine: mesh (embedded, no weights), fomm (neural, needs "
@@ -131,6 +134,7 @@ class Settings:
 _FLAGS: dict[str, dict] = {
     "avatar": {"action": "append", "type": Path, "metavar": "PATH"},
     "camera": {"metavar": "INDEX|FILE"},
+    "realtime": {"action": "store_true"},
     "demo": {"action": "store_true"},
     "engine": {"choices": ENGINES},
     "checkpoint": {"type": Path, "metavar": "PATH"},

@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(repeatable; --engine mesh)")
     parser.add_argument("--camera-frames", type=int, default=None,
                         help="frames of each --camera video to run (default: all of them)")
+    parser.add_argument("--paced-frames", type=int, default=300,
+                        help="frames of each driver run once more at the file's own frame rate, as a webcam "
+                             "delivers them (run_live.py --realtime), plain and with --output (0: not run)")
     args = parser.parse_args(argv)
     if args.camera and args.engine != "mesh":
         parser.error("--camera runs with --engine mesh; the FOMM comparison uses the synthesized clip")
@@ -129,7 +132,8 @@ def write_inputs(out: Path, frames: int, clip_size: int, clip_width: int) -> tup
 
 
 def run_app(args: argparse.Namespace, avatar: Path, clip: Path, stats: Path, output: Path | None = None,
-            backend: str | None = None, max_frames: int | None = None) -> tuple[dict, list[str]]:
+            backend: str | None = None, max_frames: int | None = None,
+            realtime: bool = False) -> tuple[dict, list[str]]:
     command = [sys.executable, str(REPO_ROOT / "run_live.py"), "--avatar", str(avatar), "--camera", str(clip),
                "--engine", args.engine, "--framing", args.framing, "--no-preview", "--no-virtual-cam",
                "--stats", str(stats)]
@@ -144,6 +148,8 @@ def run_app(args: argparse.Namespace, avatar: Path, clip: Path, stats: Path, out
         command += ["--output", str(output)]
     if max_frames is not None:
         command += ["--max-frames", str(max_frames)]
+    if realtime:
+        command += ["--realtime"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"run_live.py failed ({result.returncode}): {result.stderr.strip().splitlines()[-1]}")
@@ -189,6 +195,18 @@ def recording_cost(plain: list[dict], recorded: list[dict]) -> dict:
             "latency_p95_ms": float(np.median([s["latency_ms"]["p95"] for s in recorded])),
             "goal": f">= {RECORDING_FPS_RATIO:g}", "met": ratio >= RECORDING_FPS_RATIO,
             "frames_as_plain": all(r["frames"] == p["frames"] for p, r in zip(plain, recorded))}
+
+
+def recording_at_camera_pace(plain: dict, recorded: dict) -> dict:
+    """What --output costs when frames come at the camera's rate (--realtime), as from a webcam: the
+    frame rate with it over without (the same goal), and what a call sees besides, the latency and
+    the frames skipped because the app was busy."""
+    ratio = recorded["fps"] / plain["fps"]
+    return {"fps": recorded["fps"], "fps_plain": plain["fps"], "fps_ratio": round(ratio, 3),
+            "latency_p50_ms": recorded["latency_ms"]["p50"], "latency_p50_ms_plain": plain["latency_ms"]["p50"],
+            "latency_p95_ms": recorded["latency_ms"]["p95"], "latency_p95_ms_plain": plain["latency_ms"]["p95"],
+            "dropped_frames": recorded["dropped_frames"], "dropped_frames_plain": plain["dropped_frames"],
+            "frames": recorded["frames"], "goal": f">= {RECORDING_FPS_RATIO:g}", "met": ratio >= RECORDING_FPS_RATIO}
 
 
 def video_info(path: Path):
@@ -412,6 +430,16 @@ def main(argv: list[str] | None = None) -> int:
             recorded[name].append(with_output)
             log.info("%s run %d: %s; with --output %.1f fps", name, repeat + 1, headline(stats), with_output["fps"])
 
+    paced: dict[str, dict] = {}
+    for name, path in drivers.items() if args.paced_frames > 0 else ():
+        prefix = "stats" if name == SYNTHESIZED else f"stats_{name}"
+        plain, _ = run_app(args, avatar, path, args.out / f"{prefix}_paced.json", max_frames=args.paced_frames,
+                           realtime=True)
+        with_output, _ = run_app(args, avatar, path, args.out / f"{prefix}_paced_with_output.json",
+                                 output=args.out / f"paced_{name}.mp4", max_frames=args.paced_frames, realtime=True)
+        paced[name] = recording_at_camera_pace(plain, with_output)
+        log.info("%s at the camera's pace: %s", name, paced[name])
+
     width, height = output_size(args)
     goals = GOALS.get((args.framing, width, height)) if args.engine == "mesh" else None
     results, sheets = {}, []
@@ -424,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                          "stages_ms": median_stages(runs[name]),
                          "goals": judge(medians, goals) if goals else None,
                          "recording": recording_cost(runs[name], recorded[name]),
+                         "recording_at_camera_pace": paced.get(name),
                          "command": " ".join(commands[name]), "runs": runs[name]}
     write_png(args.out / "contact_sheet.png", stacked(sheets))
     plot_drivers(results, goals, (width, height), args.out / "live_perf.png")
@@ -438,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         "goals_met_all_drivers": None if not goals else all(v["met"] for r in results.values()
                                                             for v in r["goals"].values()),
         "recording_met_all_drivers": all(r["recording"]["met"] for r in results.values()),
+        "recording_at_camera_pace_met_all_drivers": all(p["met"] for p in paced.values()) if paced else None,
         "timing": "the drivers take turns in every round, each run plain then with --output; medians over the rounds",
         "bench_seconds": round(time.perf_counter() - started, 1),
     }
@@ -455,6 +485,11 @@ def main(argv: list[str] | None = None) -> int:
         rec = result["recording"]
         print(f"  with --output: {rec['fps']:.1f} fps, {rec['fps_ratio']:.3f}x of plain (goal {rec['goal']}) "
               f"{'met' if rec['met'] else 'NOT met'}")
+        if (pace := result["recording_at_camera_pace"]) is not None:
+            print(f"  at the camera's pace ({result['clip_fps']:g} fps): {pace['fps_plain']:.1f} -> {pace['fps']:.1f} fps "
+                  f"with --output ({pace['fps_ratio']:.3f}x, {'met' if pace['met'] else 'NOT met'}), latency p95 "
+                  f"{pace['latency_p95_ms_plain']:.1f} -> {pace['latency_p95_ms']:.1f} ms, skipped "
+                  f"{pace['dropped_frames_plain']} -> {pace['dropped_frames']} frames")
     return 0
 
 

@@ -116,6 +116,21 @@ def test_clip_to_mp4_end_to_end_with_stats(clip, photos, tmp_path):
     assert stats["fps"] > 0 and stats["peak_rss_mb"] > 0 and 0 < stats["startup_s"] < 60
 
 
+def test_realtime_plays_the_clip_at_its_own_rate_to_the_end(clip, photos, tmp_path):
+    """--realtime: the 30 fps clip comes as from a webcam, at its own rate (the app's own speed is
+    several times that), every frame taken, and its end ends the run like a file's."""
+    video, _ = clip
+    stats_path = tmp_path / "stats.json"
+    result = run_cli("--avatar", str(photos / "1_hopper.jpg"), "--camera", str(video), "--engine", "mesh",
+                     "--realtime", "--stats", str(stats_path), "--no-preview", "--no-virtual-cam")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "stopped delivering" not in result.stderr
+    stats = json.loads(stats_path.read_text())
+    assert stats["frames"] + stats["dropped_frames"] == CLIP_FRAMES
+    assert stats["frames"] >= CLIP_FRAMES - 3  # a frame or two skipped at most, on a busy machine
+    assert 20.0 <= stats["fps"] <= 31.0
+
+
 def test_fomm_engine_end_to_end_reuses_the_cached_export(clip, photos, fomm_checkpoint, fomm_cache_dir,
                                                          onnx_dir, tmp_path):
     # onnx_dir is the session's export into the app's cache layout: the app must find and reuse it.

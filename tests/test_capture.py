@@ -105,6 +105,47 @@ def test_video_file_gives_every_frame_in_order(tmp_path):
     assert len(list(limited)) == 5
 
 
+def _counting_clip(path, frames: int, fps: float) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (64, 48))
+    for index in range(frames):
+        writer.write(np.full((48, 64, 3), index * 10, np.uint8))
+    writer.release()
+
+
+def test_realtime_file_plays_at_its_own_rate_and_ends_cleanly(tmp_path):
+    """--realtime: a 25 fps file of 20 frames takes its 0.8 s, every frame comes once and in order
+    to a reader that keeps up, and the end of the file ends the frames (no camera error); the clock
+    starts at the first read, so frames are not skipped while the app loads."""
+    path = tmp_path / "paced.mp4"
+    _counting_clip(path, 20, 25.0)
+    source = open_frame_source(path, realtime=True)
+    assert isinstance(source, LiveCamera) and source.fps == pytest.approx(25.0)
+    time.sleep(0.3)  # the app loading its models
+    start = time.perf_counter()
+    frames = list(source)
+    took = time.perf_counter() - start
+    source.close()
+    levels = [int(f.frame_bgr.mean()) for f in frames]
+    assert len(frames) == 20 and source.dropped == 0
+    assert levels == sorted(levels)
+    assert 0.72 <= took <= 2.0  # 19 periods of 40 ms after the first frame, plus decoding
+
+
+def test_realtime_file_skips_frames_a_slow_app_cannot_take(tmp_path):
+    """A reader that needs two frame periods per frame gets about every second frame, always the
+    newest (as from a webcam), not a growing backlog."""
+    path = tmp_path / "paced.mp4"
+    _counting_clip(path, 20, 25.0)
+    source = open_frame_source(path, realtime=True)
+    taken = []
+    for frame in source:
+        taken.append(frame)
+        time.sleep(0.08)
+    source.close()
+    assert 5 <= len(taken) <= 14 and source.dropped >= 5  # about 10 and 10
+    assert [f.index for f in taken] == sorted(f.index for f in taken)
+
+
 def test_bad_video_paths_fail_with_one_line(tmp_path):
     with pytest.raises(CaptureError, match="does not exist"):
         open_frame_source(tmp_path / "missing.mp4")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.live_perf import driver_names, median_stages, parse_args, real_videos, recording_cost
+from bench.live_perf import (driver_names, median_stages, parse_args, real_videos, recording_at_camera_pace,
+                             recording_cost)
 
 
 def _touch(path: Path) -> Path:
@@ -62,3 +63,15 @@ def test_recording_cost_is_the_ratio_of_medians_within_the_same_rounds():
     assert cost["fps_ratio_runs"] == [0.9, 0.944, 0.857]
     short = recording_cost(plain, [stats(71.0), stats(85.0), stats(60.0, frames=299)])
     assert not short["met"] and not short["frames_as_plain"]
+
+
+def test_recording_at_the_camera_pace_compares_one_paced_run_with_one_recorded():
+    def stats(fps, dropped, p95):
+        return {"fps": fps, "frames": 300 - dropped, "dropped_frames": dropped,
+                "latency_ms": {"p50": p95 / 2, "p95": p95}}
+
+    pace = recording_at_camera_pace(stats(30.0, 0, 14.0), stats(29.9, 1, 16.5))
+    assert pace["met"] and pace["fps_ratio"] == 0.997
+    assert (pace["dropped_frames_plain"], pace["dropped_frames"]) == (0, 1)
+    assert (pace["latency_p95_ms_plain"], pace["latency_p95_ms"]) == (14.0, 16.5)
+    assert not recording_at_camera_pace(stats(30.0, 0, 14.0), stats(25.0, 50, 40.0))["met"]
